@@ -50,7 +50,7 @@ def read_checkpoint(path: Path, wrap: Callable[[np.ndarray], Any] = lambda a: a)
     try:
         with zipfile.ZipFile(path) as archive:
             prefix = _record_prefix(archive, path)
-            byteorder = "little"  # files without the record predate big-endian support
+            byteorder = "little"  # as torch assumes for files without the record
             if f"{prefix}byteorder" in archive.namelist():
                 byteorder = archive.read(f"{prefix}byteorder").decode("ascii")
             if byteorder not in ("little", "big"):
