@@ -1,0 +1,138 @@
+"""Ops that rearrange elements: reshape/view, permute, transpose, cat, stack, clone."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from engine.autograd.function import Op
+from engine.tensor import Tensor
+
+
+def infer_shape(shape: Sequence[int], numel: int) -> tuple[int, ...]:
+    shape = tuple(int(n) for n in shape)
+    if shape.count(-1) > 1:
+        raise RuntimeError("only one dimension can be inferred")
+    known = int(np.prod([n for n in shape if n != -1]))
+    if -1 in shape:
+        if known == 0 or numel % known:
+            raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {numel}")
+        shape = tuple(numel // known if n == -1 else n for n in shape)
+    elif known != numel:
+        raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {numel}")
+    return shape
+
+
+class Reshape(Op):
+    """``reshape`` (a view when strides allow, else a copy) and ``view`` (a view or an error)."""
+
+    def __init__(self, shape: Sequence[int], must_view: bool = False) -> None:
+        self.shape, self.must_view = tuple(shape), must_view
+        self.backward_name = "ViewBackward0" if must_view else "ReshapeAliasBackward0"
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.in_shape = x.shape
+        shape = infer_shape(self.shape, x.size)
+        try:
+            y = np.reshape(x, shape, copy=False)
+        except ValueError:
+            if self.must_view:
+                raise RuntimeError(
+                    "view size is not compatible with input tensor's size and stride (at least one "
+                    "dimension spans across two contiguous subspaces). Use .reshape(...) instead."
+                ) from None
+            return np.reshape(x, shape)
+        self.view_of = 0
+        return y
+
+    def backward(self, gy: Tensor) -> Tensor:
+        return gy.reshape(self.in_shape)
+
+
+class Permute(Op):
+    view_of = 0
+
+    def __init__(self, dims: Sequence[int]) -> None:
+        self.dims = tuple(dims)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if sorted(d % max(x.ndim, 1) for d in self.dims) != list(range(x.ndim)):
+            raise RuntimeError(
+                f"permute(sparse_coo): number of dimensions in the tensor input does not match the "
+                f"length of the desired ordering of dimensions i.e. input.dim() = {x.ndim} is not "
+                f"equal to len(dims) = {len(self.dims)}"
+            )
+        self.dims = tuple(d % x.ndim for d in self.dims)
+        return x.transpose(self.dims)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        return gy.permute(tuple(np.argsort(self.dims)))
+
+
+class Transpose(Op):
+    view_of = 0
+
+    def __init__(self, dim0: int, dim1: int) -> None:
+        self.dim0, self.dim1 = dim0, dim1
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return np.swapaxes(x, self.dim0, self.dim1)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        return gy.transpose(self.dim0, self.dim1)
+
+
+class Clone(Op):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return x.copy()
+
+    def backward(self, gy: Tensor) -> Tensor:
+        return gy
+
+
+class ToDtype(Op):
+    """Cast to another floating dtype; the gradient is cast back."""
+
+    backward_name = "ToCopyBackward0"
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = dtype
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.in_dtype = x.dtype
+        return x.astype(self.dtype)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        return ToDtype(self.in_dtype)(gy)
+
+
+class Cat(Op):
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def forward(self, *xs: np.ndarray) -> np.ndarray:
+        self.sizes = [x.shape[self.dim] for x in xs]
+        return np.concatenate(xs, axis=self.dim)
+
+    def backward(self, gy: Tensor) -> tuple:
+        grads, start = [], 0
+        for size, need in zip(self.sizes, self.needs_input_grad, strict=True):
+            index = [slice(None)] * gy.ndim
+            index[self.dim] = slice(start, start + size)
+            grads.append(gy[tuple(index)] if need else None)
+            start += size
+        return tuple(grads)
+
+
+class Stack(Op):
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def forward(self, *xs: np.ndarray) -> np.ndarray:
+        return np.stack(xs, axis=self.dim)
+
+    def backward(self, gy: Tensor) -> tuple:
+        return tuple(
+            gy.select(self.dim, i) if need else None for i, need in enumerate(self.needs_input_grad)
+        )
