@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import builtins
+import numbers
+from typing import Any
 
 import numpy as np
 
@@ -76,3 +78,39 @@ def to_numpy_dtype(d: dtype | np.dtype | type | str | None) -> np.dtype | None:
     if d is builtins.bool:
         return np.dtype(np.bool_)
     return from_numpy_dtype(np.dtype(d)).numpy
+
+
+_CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2}
+
+
+def promote_types(a: np.dtype, b: np.dtype) -> np.dtype:
+    """``torch.promote_types``: a higher category wins outright (int64 with float16 -> float16)."""
+    ca, cb = _CATEGORY[a.kind], _CATEGORY[b.kind]
+    if ca != cb:
+        return a if ca > cb else b
+    return np.promote_types(a, b)
+
+
+def result_type(*operands: Any) -> np.dtype:
+    """The dtype torch computes in for arrays (tensors' data) and Python scalars.
+
+    Tensors with dimensions decide; 0-d tensors, then Python scalars, count only when of a
+    higher category (bool < int < float). A Python float counts as the default dtype, an int
+    as int64: float32 tensor * 2.5 is float32, int64 tensor * 2.5 is float32.
+    """
+    groups: list[np.dtype | None] = [None, None, None]  # dimensioned, 0-d, Python scalars
+    for x in operands:
+        if isinstance(x, np.ndarray):
+            group, d = (0 if x.ndim else 1), x.dtype
+        elif isinstance(x, builtins.bool | np.bool_):
+            group, d = 2, np.dtype(np.bool_)
+        elif isinstance(x, numbers.Integral):
+            group, d = 2, np.dtype(np.int64)
+        else:
+            group, d = 2, _default_float.numpy
+        groups[group] = d if groups[group] is None else promote_types(groups[group], d)
+    result = None
+    for d in groups:
+        if d is not None and (result is None or _CATEGORY[d.kind] > _CATEGORY[result.kind]):
+            result = d if result is None else promote_types(result, d)
+    return result

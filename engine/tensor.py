@@ -345,42 +345,54 @@ class Tensor:
                 array = array.astype(_dtype.get_default_dtype().numpy)
         return Tensor._make(array)
 
+    def _promoted(self, other: Any, floating: bool = False) -> tuple[Tensor, Tensor]:
+        """``self`` and ``other`` as tensors of the dtype torch computes in (see ``result_type``);
+        ``floating`` lifts integer results to the default float, as true division does."""
+        if not isinstance(other, Tensor | numbers.Number):
+            other = Tensor._make(np.asarray(other))
+        target = _dtype.result_type(self._data, other._data if isinstance(other, Tensor) else other)
+        if floating and target.kind != "f":
+            target = _dtype.get_default_dtype().numpy
+        if not isinstance(other, Tensor):
+            other = Tensor._make(np.asarray(other, target))
+        return self.to(target), other.to(target)
+
     def __add__(self, other: Any) -> Tensor:
-        return ew.Add()(self, self._operand(other))
+        return ew.Add()(*self._promoted(other))
 
     def __radd__(self, other: Any) -> Tensor:
-        return ew.Add()(self._operand(other), self)
+        a, b = self._promoted(other)
+        return ew.Add()(b, a)
 
     def __sub__(self, other: Any) -> Tensor:
-        return ew.Sub()(self, self._operand(other))
+        return ew.Sub()(*self._promoted(other))
 
     def __rsub__(self, other: Any) -> Tensor:
-        return ew.Sub()(self._operand(other), self)
+        a, b = self._promoted(other)
+        return ew.Sub()(b, a)
 
     def __mul__(self, other: Any) -> Tensor:
-        return ew.Mul()(self, self._operand(other))
+        return ew.Mul()(*self._promoted(other))
 
     def __rmul__(self, other: Any) -> Tensor:
-        return ew.Mul()(self._operand(other), self)
+        a, b = self._promoted(other)
+        return ew.Mul()(b, a)
 
     def __truediv__(self, other: Any) -> Tensor:
-        return ew.Div()(self._float_operand(), self._operand(other)._float_operand())
+        return ew.Div()(*self._promoted(other, floating=True))
 
     def __rtruediv__(self, other: Any) -> Tensor:
-        return ew.Div()(self._operand(other)._float_operand(), self._float_operand())
-
-    def _float_operand(self) -> Tensor:
-        if self._data.dtype.kind == "f":
-            return self
-        return Tensor._make(self._data.astype(_dtype.get_default_dtype().numpy))
+        a, b = self._promoted(other, floating=True)
+        return ew.Div()(b, a)
 
     def __pow__(self, exponent: Any) -> Tensor:
         if isinstance(exponent, numbers.Number):
-            return ew.PowScalar(exponent)(self)
-        return ew.Pow()(self, self._operand(exponent))
+            return ew.PowScalar(exponent)(self.to(_dtype.result_type(self._data, exponent)))
+        return ew.Pow()(*self._promoted(exponent))
 
     def __rpow__(self, base: Any) -> Tensor:
-        return ew.Pow()(self._operand(base), self)
+        a, b = self._promoted(base)
+        return ew.Pow()(b, a)
 
     def __matmul__(self, other: Tensor) -> Tensor:
         return linalg.MatMul()(self, self._operand(other))
