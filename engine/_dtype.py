@@ -44,6 +44,22 @@ _BY_NUMPY = {
     d.numpy: d for d in (float16, float32, float64, uint8, int8, int16, int32, int64, bool_)
 }
 _default_float = float32
+_SCALAR_TYPE_NAMES = {
+    "float16": "Half",
+    "float32": "Float",
+    "float64": "Double",
+    "uint8": "Byte",
+    "int8": "Char",
+    "int16": "Short",
+    "int32": "Int",
+    "int64": "Long",
+    "bool": "Bool",
+}
+
+
+def scalar_type_name(np_dtype: np.dtype) -> str:
+    """torch's C++ name of a dtype, as its error messages print it (``Long``, ``Float``...)."""
+    return _SCALAR_TYPE_NAMES[np.dtype(np_dtype).name]
 
 
 def get_default_dtype() -> dtype:

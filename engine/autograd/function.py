@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine._dtype import scalar_type_name
 from engine.autograd.grad_mode import is_grad_enabled, no_grad
 
 if TYPE_CHECKING:
@@ -267,9 +268,7 @@ def _edge_of(x: Any) -> Edge | tuple[None, int]:
 
 
 def _modified_message(tensor: Tensor, version: int) -> str:
-    kind = {"f": "Float", "i": "Long", "b": "Bool", "u": "Byte"}.get(tensor._data.dtype.kind, "")
-    if tensor._data.dtype == np.float64:
-        kind = "Double"
+    kind = scalar_type_name(tensor._data.dtype)
     shape = list(tensor.shape)
     origin = (
         f", which is output {tensor._output_nr} of {tensor.grad_fn.name()},"

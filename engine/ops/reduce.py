@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from engine._dtype import scalar_type_name
 from engine.autograd.function import Op
 from engine.ops.elementwise import broadcast_to
 from engine.tensor import Tensor
@@ -65,7 +66,7 @@ class Mean(_Reduction):
         if x.dtype.kind != "f":
             raise RuntimeError(
                 "mean(): could not infer output dtype. Input dtype must be either a floating point "
-                f"or complex dtype. Got: {str(x.dtype).capitalize()}"
+                f"or complex dtype. Got: {scalar_type_name(x.dtype)}"
             )
         self.count = int(np.prod([x.shape[a] for a in self.axes]))
         return x.mean(axis=self.axes, keepdims=self.keepdim)
