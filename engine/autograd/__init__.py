@@ -68,9 +68,10 @@ def grad(
             )
     retain = create_graph if retain_graph is None else retain_graph
     result = run_backward(outs, grads, retain, create_graph, inputs=ins)
-    if not allow_unused and any(g is None for g in result):
+    unused = [i for i, g in enumerate(result) if g is None]
+    if unused and not allow_unused:
         raise RuntimeError(
-            "One of the differentiated Tensors appears to not have been used in the graph. "
-            "Set allow_unused=True if this is the desired behavior."
+            f"The differentiated Tensor at index {unused[0]} appears to not have been used in the "
+            "graph. Set allow_unused=True if this is the desired behavior."
         )
     return tuple(result)
