@@ -11,7 +11,7 @@ from engine import _dtype
 from engine.ops.elementwise import Where
 from engine.ops.shape import Stack
 from engine.random import generator
-from engine.tensor import Tensor, _shape_args, cat
+from engine.tensor import Tensor, _shape_args, cat, promote
 
 __all__ = [
     "tensor",
@@ -191,6 +191,4 @@ def stack(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
 
 def where(condition: Tensor, x: Any, y: Any) -> Tensor:
     """``x`` where ``condition`` holds, else ``y`` (differentiable in x and y)."""
-    xt = x if isinstance(x, Tensor) else Tensor._make(np.asarray(x, _float_dtype(None)))
-    yt = y if isinstance(y, Tensor) else Tensor._make(np.asarray(y, _float_dtype(None)))
-    return Where(condition._data.astype(bool))(xt, yt)
+    return Where(condition._data.astype(bool))(*promote(x, y))

@@ -345,54 +345,37 @@ class Tensor:
                 array = array.astype(_dtype.get_default_dtype().numpy)
         return Tensor._make(array)
 
-    def _promoted(self, other: Any, floating: bool = False) -> tuple[Tensor, Tensor]:
-        """``self`` and ``other`` as tensors of the dtype torch computes in (see ``result_type``);
-        ``floating`` lifts integer results to the default float, as true division does."""
-        if not isinstance(other, Tensor | numbers.Number):
-            other = Tensor._make(np.asarray(other))
-        target = _dtype.result_type(self._data, other._data if isinstance(other, Tensor) else other)
-        if floating and target.kind != "f":
-            target = _dtype.get_default_dtype().numpy
-        if not isinstance(other, Tensor):
-            other = Tensor._make(np.asarray(other, target))
-        return self.to(target), other.to(target)
-
     def __add__(self, other: Any) -> Tensor:
-        return ew.Add()(*self._promoted(other))
+        return ew.Add()(*promote(self, other))
 
     def __radd__(self, other: Any) -> Tensor:
-        a, b = self._promoted(other)
-        return ew.Add()(b, a)
+        return ew.Add()(*promote(other, self))
 
     def __sub__(self, other: Any) -> Tensor:
-        return ew.Sub()(*self._promoted(other))
+        return ew.Sub()(*promote(self, other))
 
     def __rsub__(self, other: Any) -> Tensor:
-        a, b = self._promoted(other)
-        return ew.Sub()(b, a)
+        return ew.Sub()(*promote(other, self))
 
     def __mul__(self, other: Any) -> Tensor:
-        return ew.Mul()(*self._promoted(other))
+        return ew.Mul()(*promote(self, other))
 
     def __rmul__(self, other: Any) -> Tensor:
-        a, b = self._promoted(other)
-        return ew.Mul()(b, a)
+        return ew.Mul()(*promote(other, self))
 
     def __truediv__(self, other: Any) -> Tensor:
-        return ew.Div()(*self._promoted(other, floating=True))
+        return ew.Div()(*promote(self, other, floating=True))
 
     def __rtruediv__(self, other: Any) -> Tensor:
-        a, b = self._promoted(other, floating=True)
-        return ew.Div()(b, a)
+        return ew.Div()(*promote(other, self, floating=True))
 
     def __pow__(self, exponent: Any) -> Tensor:
         if isinstance(exponent, numbers.Number):
             return ew.PowScalar(exponent)(self.to(_dtype.result_type(self._data, exponent)))
-        return ew.Pow()(*self._promoted(exponent))
+        return ew.Pow()(*promote(self, exponent))
 
     def __rpow__(self, base: Any) -> Tensor:
-        a, b = self._promoted(base)
-        return ew.Pow()(b, a)
+        return ew.Pow()(*promote(base, self))
 
     def __matmul__(self, other: Tensor) -> Tensor:
         return linalg.MatMul()(self, self._operand(other))
@@ -825,6 +808,23 @@ class MinMax(tuple):
     @property
     def indices(self) -> Tensor:
         return self[1]
+
+
+def promote(*operands: Any, floating: bool = False) -> tuple[Tensor, ...]:
+    """Operands (tensors, Python scalars, arrays) as tensors of the dtype torch computes in (see
+    ``_dtype.result_type``); ``floating`` lifts an integer result to the default float, as true
+    division does."""
+    operands = tuple(
+        o if isinstance(o, Tensor | numbers.Number) else Tensor._make(np.asarray(o))
+        for o in operands
+    )
+    target = _dtype.result_type(*(o._data if isinstance(o, Tensor) else o for o in operands))
+    if floating and target.kind != "f":
+        target = _dtype.get_default_dtype().numpy
+    return tuple(
+        o.to(target) if isinstance(o, Tensor) else Tensor._make(np.asarray(o, target))
+        for o in operands
+    )
 
 
 def cat(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
