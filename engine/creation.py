@@ -55,8 +55,8 @@ def tensor(data: Any, dtype: Any = None, requires_grad: bool = False, device: An
     """A new tensor that copies ``data`` (a list, scalar, NumPy array or tensor)."""
     if isinstance(data, Tensor):
         array = data._data.copy()
-    elif isinstance(data, np.ndarray):
-        array = data.copy()
+    elif isinstance(data, np.ndarray | np.generic):
+        array = np.array(data)
     else:
         if isinstance(data, Sequence) and data and isinstance(data[0], Tensor):
             data = [t.tolist() for t in data]
