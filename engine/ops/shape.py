@@ -29,7 +29,7 @@ class Reshape(Op):
 
     def __init__(self, shape: Sequence[int], must_view: bool = False) -> None:
         self.shape, self.must_view = tuple(shape), must_view
-        self.backward_name = "ViewBackward0" if must_view else "ReshapeAliasBackward0"
+        self.backward_name = "ViewBackward0"
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self.in_shape = x.shape
@@ -42,6 +42,7 @@ class Reshape(Op):
                     "view size is not compatible with input tensor's size and stride (at least one "
                     "dimension spans across two contiguous subspaces). Use .reshape(...) instead."
                 ) from None
+            self.backward_name = "UnsafeViewBackward0"
             return np.reshape(x, shape)
         self.view_of = 0
         return y
