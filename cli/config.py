@@ -98,6 +98,7 @@ NonNegativeInt = Annotated[int, Range(ge=0)]
 PositiveFloat = Annotated[float, Range(gt=0)]
 NonNegativeFloat = Annotated[float, Range(ge=0)]
 Coefficient = Annotated[float, Range(ge=0, lt=1)]
+AreaFraction = Annotated[float, Range(gt=0, le=1)]
 Patterns = tuple[str, ...]
 
 
@@ -135,10 +136,7 @@ class AugmentConfig(_Section):
     """Training-time augmentation, with torchvision's RandomResizedCrop and flip semantics."""
 
     random_resized_crop: bool = False
-    scale: tuple[Annotated[float, Range(gt=0, le=1)], Annotated[float, Range(gt=0, le=1)]] = (
-        0.08,
-        1.0,
-    )
+    scale: tuple[AreaFraction, AreaFraction] = (0.08, 1.0)
     ratio: tuple[PositiveFloat, PositiveFloat] = (3 / 4, 4 / 3)
     hflip: bool = False
 
@@ -157,6 +155,8 @@ class DataConfig(_Section):
     side to `resize` and center-crops `image_size`, as torchvision's eval
     transform does. `classes` keeps only the listed classes, re-indexed
     0..k-1 in the listed order. `limit` caps the number of training images.
+    `num_workers` threads decode images. `cache_features` allows training to
+    compute a frozen backbone's features once, when nothing changes them.
     """
 
     dataset: Literal["digits", "imagefolder", "cifar10", "npz"] = "digits"
@@ -176,11 +176,11 @@ class DataConfig(_Section):
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.dataset != "digits":
-            wanted = "file" if self.dataset == "npz" else "dir"
+            needs_folder = self.dataset != "npz"
             if self.root is None:
                 yield "root", f"required for dataset {self.dataset!r}"
-            elif self.root.exists() and self.root.is_dir() != (wanted == "dir"):
-                kind = "an .npz file" if wanted == "file" else "a folder"
+            elif self.root.exists() and self.root.is_dir() != needs_folder:
+                kind = "a folder" if needs_folder else "an .npz file"
                 yield "root", f"dataset {self.dataset!r} needs {kind}, got {self.root}"
         if self.resize < self.image_size:
             yield "resize", f"must be >= data.image_size ({self.image_size}), got {self.resize}"
