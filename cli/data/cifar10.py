@@ -60,9 +60,12 @@ def _images_and_labels(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     try:
         data = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])
         labels = np.concatenate([np.asarray(b[b"labels"], dtype=np.int64) for b in batches])
-    except KeyError as exc:
-        raise DataError(f"CIFAR-10 batch without {exc.args[0]!r} in {paths[0].parent}") from None
-    images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    except (KeyError, ValueError, TypeError) as exc:
+        where = ", ".join(p.name for p in paths)
+        raise DataError(f"not CIFAR-10 batches ({where} in {paths[0].parent}): {exc}") from None
+    if len(images) != len(labels):
+        raise DataError(f"CIFAR-10 batches in {paths[0].parent}: images and labels differ in count")
     return images, labels
 
 
