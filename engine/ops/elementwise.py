@@ -157,8 +157,9 @@ class PowScalar(Op):
 
 
 def where_positive(x: Tensor) -> Tensor:
-    """``x`` where positive, else 1: keeps ``log`` finite where ``a ** b`` has no slope in b."""
-    return Tensor._make(np.where(x._data > 0, x._data, 1).astype(x._data.dtype))
+    """``x`` where positive, else 1: keeps ``log`` finite where ``a ** b`` has no slope in b.
+    Differentiable in ``x``, so the gradient of ``a ** b`` in b can itself be differentiated."""
+    return Where(x._data > 0)(x, Tensor._make(np.ones((), x._data.dtype)))
 
 
 class Neg(Op):
