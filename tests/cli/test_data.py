@@ -40,7 +40,7 @@ def rgb(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def rng(seed: int = 0) -> np.random.Generator:
+def generator(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
@@ -267,29 +267,30 @@ def test_center_crop_rounds_offsets_as_torchvision():
 def test_random_resized_crop_is_deterministic_and_within_bounds():
     crop = RandomResizedCrop(16)
     image = rgb(50, 40)
-    assert np.array_equal(np.asarray(crop(image, rng(3))), np.asarray(crop(image, rng(3))))
-    boxes = {crop.params(50, 40, rng(seed)) for seed in range(200)}
+    first, again = crop(image, generator(3)), crop(image, generator(3))
+    assert np.array_equal(np.asarray(first), np.asarray(again))
+    boxes = {crop.params(50, 40, generator(seed)) for seed in range(200)}
     assert len(boxes) > 150
     for top, left, h, w in boxes:
         assert 0 <= top <= 40 - h and 0 <= left <= 50 - w
         assert 0.08 * 2000 - 50 <= h * w <= 2000 and 3 / 4 - 0.1 < w / h < 4 / 3 + 0.1
-    assert crop(image, rng(0)).size == (16, 16)
+    assert crop(image, generator(0)).size == (16, 16)
 
 
 def test_random_resized_crop_falls_back_to_a_central_crop():
     # a full-area crop of aspect ratio 2..3 never fits a square: the 10 tries fail
     crop = RandomResizedCrop(8, scale=(1.0, 1.0), ratio=(2.0, 3.0))
-    assert crop.params(30, 30, rng()) == (7, 0, 15, 30)  # w = 30, h = round(30 / 2)
+    assert crop.params(30, 30, generator()) == (7, 0, 15, 30)  # w = 30, h = round(30 / 2)
     wide = RandomResizedCrop(8, scale=(1.0, 1.0), ratio=(0.25, 0.5))
-    assert wide.params(30, 30, rng()) == (0, 7, 30, 15)  # h = 30, w = round(30 * 0.5)
+    assert wide.params(30, 30, generator()) == (0, 7, 30, 15)  # h = 30, w = round(30 * 0.5)
 
 
 def test_horizontal_flip_probability_and_determinism():
     image = rgb(5, 4)
     mirrored = np.asarray(image)[:, ::-1]
-    assert np.array_equal(np.asarray(RandomHorizontalFlip(1.0)(image, rng())), mirrored)
-    assert RandomHorizontalFlip(0.0)(image, rng()) is image
-    flips = [RandomHorizontalFlip()(image, rng(s)) is not image for s in range(400)]
+    assert np.array_equal(np.asarray(RandomHorizontalFlip(1.0)(image, generator())), mirrored)
+    assert RandomHorizontalFlip(0.0)(image, generator()) is image
+    flips = [RandomHorizontalFlip()(image, generator(s)) is not image for s in range(400)]
     assert 150 < sum(flips) < 250
 
 
@@ -317,7 +318,7 @@ def test_make_transform_follows_the_config():
     ]
     assert [type(s) for s in evaluation.steps] == [Resize, CenterCrop, ToTensor, Normalize]
     assert train.random and not evaluation.random
-    out = train(rgb(40, 30), rng())
+    out = train(rgb(40, 30), generator())
     assert out.shape == (3, 16, 16) and evaluation(rgb(40, 30)).shape == (3, 16, 16)
 
 
@@ -335,9 +336,10 @@ def test_transforms_match_torchvision_when_it_is_installed():
         ]
     )
     assert np.array_equal(ours(image), theirs(image).numpy())
-    top, left, h, w = RandomResizedCrop(20).params(53, 37, rng())
+    top, left, h, w = RandomResizedCrop(20).params(53, 37, generator())
     expected = functional.resized_crop(image, top, left, h, w, [20, 20])
-    assert np.array_equal(np.asarray(RandomResizedCrop(20)(image, rng())), np.asarray(expected))
+    ours = RandomResizedCrop(20)(image, generator())
+    assert np.array_equal(np.asarray(ours), np.asarray(expected))
 
 
 # ------------------------------------------------------------------- loader
@@ -421,7 +423,7 @@ def test_random_datasets_need_a_generator():
     assert not dataset.deterministic and counting_dataset(3).deterministic
     with pytest.raises(ValueError, match="pass a numpy Generator"):
         dataset[0]
-    image, label = dataset.get(0, rng())
+    image, label = dataset.get(0, generator())
     assert image.shape == (3, 2, 2) and label == 0
 
 
