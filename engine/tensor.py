@@ -612,17 +612,21 @@ class Tensor:
 
     def squeeze(self, dim: int | None = None) -> Tensor:
         if dim is None:
-            shape = tuple(n for n in self.shape if n != 1)
-        else:
-            dim %= max(self.ndim, 1)
-            if self.ndim == 0 or self.shape[dim] != 1:
-                return self.view(self.shape)
-            shape = self.shape[:dim] + self.shape[dim + 1 :]
-        return self.reshape(shape)
+            return self._view(tuple(n for n in self.shape if n != 1), "SqueezeBackward0")
+        dim %= max(self.ndim, 1)
+        if self.ndim == 0 or self.shape[dim] != 1:
+            return self._view(self.shape, "SqueezeBackward1")
+        return self._view(self.shape[:dim] + self.shape[dim + 1 :], "SqueezeBackward1")
 
     def unsqueeze(self, dim: int) -> Tensor:
         dim = dim % (self.ndim + 1)
-        return self.reshape(self.shape[:dim] + (1,) + self.shape[dim:])
+        return self._view(self.shape[:dim] + (1,) + self.shape[dim:], "UnsqueezeBackward0")
+
+    def _view(self, shape: Shape, backward_name: str) -> Tensor:
+        """A view with another shape whose grad_fn is named as torch names the calling op."""
+        op = shp.Reshape(shape, must_view=True)
+        op.backward_name = backward_name
+        return op(self)
 
     def expand(self, *sizes: Any) -> Tensor:
         sizes = _shape_args(sizes)
