@@ -375,7 +375,10 @@ class Tensor:
         return ew.Pow()(*promote(self, exponent))
 
     def __rpow__(self, base: Any) -> Tensor:
-        return ew.Pow()(*promote(base, self))
+        op = ew.Pow()
+        if isinstance(base, numbers.Number):
+            op.backward_name = "PowBackward2"
+        return op(*promote(base, self))
 
     def __matmul__(self, other: Tensor) -> Tensor:
         return linalg.MatMul()(self, self._operand(other))

@@ -113,6 +113,8 @@ class Div(_Binary):
 class Pow(_Binary):
     """``a ** b`` for two tensors (the exponent may be a 0-d constant)."""
 
+    backward_name = "PowBackward1"
+
     def compute(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         self.save_inputs(0, 1)
         self.save_outputs(0)
@@ -212,6 +214,8 @@ class Abs(Op):
 
 class Clamp(Op):
     """Clamp to [min, max]; the gradient passes where the input was inside the range."""
+
+    backward_name = "ClampBackward1"
 
     def __init__(self, lo: float | None, hi: float | None) -> None:
         self.lo, self.hi = lo, hi
