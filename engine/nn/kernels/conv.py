@@ -1,0 +1,325 @@
+"""2-D convolution as im2col + GEMM on channels-last memory, forward and backward together.
+
+Forward: the padded NHWC input is cut into windows (one strided copy, (kh, kw, C) innermost)
+and multiplied by the weight as a ``(Cout, kh*kw*Cin)`` matrix; the ``(N*Ho*Wo, Cout)`` result
+is NHWC memory, returned as an NCHW-shaped view. Backward: weight gradient ``dY^T @ cols``;
+input gradient either as a stride-1 convolution of the padded ``dY`` with the flipped weight
+(small channel counts) or as ``dY @ W`` scattered back with one slice-add per kernel offset.
+Large im2col matrices are built block by block (see ``layout.row_blocks``) and rebuilt in
+backward instead of being kept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.autograd.function import Op
+from engine.nn.kernels.layout import (
+    Block,
+    Pads,
+    Pair,
+    Window,
+    nchw,
+    nhwc,
+    offsets,
+    out_size,
+    pad_nhwc,
+    pair,
+    row_blocks,
+    windows,
+)
+from engine.tensor import Tensor
+
+FLIPPED_MAX_CHANNELS = 256  # below this many output channels, stride-1 dX uses the flipped conv
+
+
+def weight_matrix(weight: np.ndarray) -> np.ndarray:
+    """``(Cout, kh*kw*Cin/groups)`` with (kh, kw, C) per row; free for a channels-last weight."""
+    return weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
+
+def _block_cols(view: np.ndarray, blk: Block, group: int) -> np.ndarray:
+    """The im2col rows of one block and group: a view when possible (1x1, stride 1), else a copy."""
+    return view[blk.n0 : blk.n1, blk.h0 : blk.h1, :, :, :, group].reshape(blk.r1 - blk.r0, -1)
+
+
+def _matmul_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    if out.flags.c_contiguous:
+        np.matmul(a, b, out=out)
+    else:
+        out[...] = a @ b
+
+
+def gemm_conv(
+    xp: np.ndarray, wmat: np.ndarray, win: Window, out_hw: Pair, groups: int, keep: bool = False
+) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """Correlate the padded NHWC ``xp`` with ``wmat``: the ``(N*Ho*Wo, Cout)`` result.
+
+    With ``keep``, also returns the im2col matrix of each group when it was built in one block
+    (``None`` when blocked: backward rebuilds it).
+    """
+    n, (ho, wo) = xp.shape[0], out_hw
+    cout, k = wmat.shape
+    cog = cout // groups
+    view = windows(xp, win, out_hw, groups)
+    out = np.empty((n * ho * wo, cout), xp.dtype)
+    blocks = list(row_blocks(n, ho, wo, k * xp.itemsize))
+    kept = [] if keep and len(blocks) == 1 else None
+    for blk in blocks:
+        for g in range(groups):
+            cols = _block_cols(view, blk, g)
+            gs = slice(g * cog, (g + 1) * cog)
+            _matmul_into(cols, wmat[gs].T, out[blk.r0 : blk.r1, gs])
+            if kept is not None:
+                kept.append(cols)
+    return out, kept
+
+
+def weight_grad(
+    xp: np.ndarray | None,
+    kept: list[np.ndarray] | None,
+    gy2d: np.ndarray,
+    win: Window,
+    out_hw: Pair,
+    groups: int,
+) -> np.ndarray:
+    """``dY^T @ cols`` as ``(Cout, kh*kw*Cin/groups)``, from the kept columns or rebuilt ones."""
+    cout = gy2d.shape[1]
+    cog = cout // groups
+    if kept is not None:
+        return np.concatenate(
+            [gy2d[:, g * cog : (g + 1) * cog].T @ cols for g, cols in enumerate(kept)]
+        )
+    n, (ho, wo), (kh, kw) = xp.shape[0], out_hw, win.kernel
+    k = kh * kw * xp.shape[3] // groups
+    view = windows(xp, win, out_hw, groups)
+    gw = np.zeros((cout, k), gy2d.dtype)
+    for blk in row_blocks(n, ho, wo, k * xp.itemsize):
+        for g in range(groups):
+            gs = slice(g * cog, (g + 1) * cog)
+            gw[gs] += gy2d[blk.r0 : blk.r1, gs].T @ _block_cols(view, blk, g)
+    return gw
+
+
+def col2im_add(
+    gx: np.ndarray, dcols: np.ndarray, blk: Block, win: Window, pads: Pads, channels: slice
+) -> None:
+    """Add the window gradients ``dcols`` (block, Wo, kh, kw, C) into the NHWC ``gx``."""
+    for i, j, rows, cols, out_rows, out_cols in offsets(
+        win, pads, gx.shape[1:3], blk, dcols.shape[2]
+    ):
+        target = gx[blk.n0 : blk.n1, rows, cols, channels]
+        np.add(target, dcols[:, out_rows, out_cols, i, j], out=target)
+
+
+def input_grad_col2im(
+    gy2d: np.ndarray,
+    wmat: np.ndarray,
+    in_shape: tuple,
+    win: Window,
+    pads: Pads,
+    out_hw: Pair,
+    groups: int,
+) -> np.ndarray:
+    """``dY @ W`` scattered back to the input, block by block: an NHWC ``(N, H, W, C)`` array."""
+    n, h, w, c = in_shape
+    (ho, wo), (kh, kw) = out_hw, win.kernel
+    cout, k = wmat.shape
+    cog, cg = cout // groups, c // groups
+    gx = np.zeros((n, h, w, c), gy2d.dtype)
+    for blk in row_blocks(n, ho, wo, k * gy2d.itemsize):
+        for g in range(groups):
+            dcols = gy2d[blk.r0 : blk.r1, g * cog : (g + 1) * cog] @ wmat[g * cog : (g + 1) * cog]
+            dcols = dcols.reshape(blk.n1 - blk.n0, blk.h1 - blk.h0, wo, kh, kw, cg)
+            col2im_add(gx, dcols, blk, win, pads, slice(g * cg, (g + 1) * cg))
+    return gx
+
+
+def input_grad_flipped(
+    gy: np.ndarray, weight: np.ndarray, in_hw: Pair, win: Window, pads: Pads, groups: int
+) -> np.ndarray:
+    """Stride-1 input gradient: the padded NHWC ``gy`` correlated with the flipped weight."""
+    cout, cg, kh, kw = weight.shape
+    (dh, dw), cog = win.dilation, cout // groups
+    reach_h, reach_w = dh * (kh - 1), dw * (kw - 1)
+    gyp = pad_nhwc(gy, (reach_h - pads[0], reach_h - pads[1], reach_w - pads[2], reach_w - pads[3]))
+    flipped = weight.reshape(groups, cog, cg, kh, kw)[:, :, :, ::-1, ::-1]
+    wmat = flipped.transpose(0, 2, 3, 4, 1).reshape(groups * cg, kh * kw * cog)
+    out, _ = gemm_conv(gyp, wmat, win._replace(stride=(1, 1)), in_hw, groups)
+    return out.reshape(gy.shape[0], *in_hw, groups * cg)
+
+
+class Convolution(Op):
+    """``conv2d`` of an NCHW-shaped input (any memory layout) with an OIHW weight."""
+
+    differentiable = False
+    backward_name = "ConvolutionBackward0"
+
+    def __init__(self, stride: Pair, pads: Pads, dilation: Pair, groups: int) -> None:
+        self.stride, self.pads, self.dilation, self.groups = stride, pads, dilation, groups
+
+    def forward(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        n, _, h, w = x.shape
+        cout, _, kh, kw = weight.shape
+        pt, pb, pl, pr = self.pads
+        self.win = Window((kh, kw), self.stride, self.dilation)
+        self.in_shape = (n, h, w, x.shape[1])
+        self.out_hw = (
+            out_size(h, pt + pb, kh, self.stride[0], self.dilation[0]),
+            out_size(w, pl + pr, kw, self.stride[1], self.dilation[1]),
+        )
+        need_x, need_w, _ = self.needs_input_grad
+        xp = pad_nhwc(nhwc(x), self.pads)
+        wmat = weight_matrix(weight)
+        out, kept = gemm_conv(xp, wmat, self.win, self.out_hw, self.groups, keep=need_w)
+        if bias is not None:
+            out += bias
+        self.save_inputs(0, 1)
+        self.save_arrays(kept, wmat if need_x and not self._flipped(cout) else None)
+        self.weight_layout = weight.transpose(0, 2, 3, 1).flags.c_contiguous
+        return nchw(out.reshape(n, *self.out_hw, cout))
+
+    def _flipped(self, cout: int) -> bool:
+        return self.stride == (1, 1) and cout < FLIPPED_MAX_CHANNELS
+
+    def backward(self, gy: np.ndarray) -> tuple:
+        need_x, need_w, need_b = self.needs_input_grad
+        x, weight = self.saved_tensors
+        kept, wmat = self.saved_arrays
+        cout = gy.shape[1]
+        gy_nhwc = nhwc(gy)
+        gy2d = gy_nhwc.reshape(-1, cout)
+        gx = gw = gb = None
+        if need_b:
+            gb = np.ones(gy2d.shape[0], gy.dtype) @ gy2d
+        if need_w:
+            xp = None if kept is not None else pad_nhwc(nhwc(x._data), self.pads)
+            gw = self._weight_layout(
+                weight_grad(xp, kept, gy2d, self.win, self.out_hw, self.groups)
+            )
+        if need_x:
+            if wmat is None:
+                gx = input_grad_flipped(
+                    gy_nhwc, weight._data, self.in_shape[1:3], self.win, self.pads, self.groups
+                )
+            else:
+                gx = input_grad_col2im(
+                    gy2d, wmat, self.in_shape, self.win, self.pads, self.out_hw, self.groups
+                )
+            gx = nchw(gx)
+        return gx, gw, gb
+
+    def _weight_layout(self, gw: np.ndarray) -> np.ndarray:
+        """The weight gradient in torch's shape, in the same memory layout as the weight."""
+        cout, (kh, kw), cg = gw.shape[0], self.win.kernel, self.in_shape[3] // self.groups
+        gw = gw.reshape(cout, kh, kw, cg).transpose(0, 3, 1, 2)
+        return gw if self.weight_layout else np.ascontiguousarray(gw)
+
+
+_SCALAR_NAMES = {"float32": "Float", "float64": "Double", "float16": "Half"}
+
+
+def _conv_pads(padding: int | tuple | str, win: Window) -> Pads:
+    """torch's ``padding`` argument as (top, bottom, left, right); "same" may be asymmetric."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return 0, 0, 0, 0
+        if padding != "same":
+            raise RuntimeError(f"Invalid padding string: '{padding}'")
+        if win.stride != (1, 1):
+            raise RuntimeError("padding='same' is not supported for strided convolutions")
+        (kh, kw), (dh, dw) = win.kernel, win.dilation
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        return th // 2, th - th // 2, tw // 2, tw - tw // 2
+    ph, pw = _conv_pair(padding, "padding")
+    if ph < 0 or pw < 0:
+        raise RuntimeError("negative padding is not supported")
+    return ph, ph, pw, pw
+
+
+def _conv_pair(value: int | tuple | list, name: str) -> Pair:
+    if isinstance(value, tuple | list) and len(value) not in (1, 2):
+        raise RuntimeError(
+            f"expected {name} to be a single integer value or a list of 2 values to match the "
+            f"convolution dimensions, but got {name}={list(value)}"
+        )
+    return pair(value)
+
+
+def _check_conv(
+    x: Tensor, weight: Tensor, bias: Tensor | None, win: Window, pads: Pads, groups: int
+) -> None:
+    """Raise torch's errors for inconsistent shapes, dtypes and hyper-parameters."""
+    if min(win.stride) <= 0:
+        raise RuntimeError("non-positive stride is not supported")
+    if min(win.dilation) <= 0:
+        raise RuntimeError("non-positive dilation is not supported")
+    if groups <= 0:
+        raise RuntimeError("non-positive groups is not supported")
+    xs, ws = list(x.shape), list(weight.shape)
+    if weight.ndim != 4:
+        raise RuntimeError(f"Expected a 4D weight for conv2d, but got weight of size: {ws}")
+    if ws[0] % groups:
+        raise RuntimeError(
+            f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
+            f"but got weight of size [{ws}] instead"
+        )
+    if xs[1] != ws[1] * groups:
+        raise RuntimeError(
+            f"Given groups={groups}, weight of size {ws}, expected input{xs} to have "
+            f"{ws[1] * groups} channels, but got {xs[1]} channels instead"
+        )
+    if bias is not None and (bias.ndim != 1 or bias.shape[0] != ws[0]):
+        raise RuntimeError(
+            f"Given weight of size {ws}, expected bias to be 1-dimensional with {ws[0]} "
+            f"elements, but got bias of size {list(bias.shape)} instead"
+        )
+    if weight.dtype != x.dtype:
+        raise RuntimeError(
+            f"expected scalar type {_scalar_name(x)} but found {_scalar_name(weight)}"
+        )
+    if bias is not None and bias.dtype != x.dtype:
+        raise RuntimeError(
+            f"Input type ({_scalar_name(x).lower()}) and bias type "
+            f"({_scalar_name(bias).lower()}) should be the same"
+        )
+    padded = (xs[2] + pads[0] + pads[1], xs[3] + pads[2] + pads[3])
+    reach = tuple(d * (k - 1) + 1 for k, d in zip(win.kernel, win.dilation, strict=True))
+    if padded[0] < reach[0] or padded[1] < reach[1]:
+        raise RuntimeError(
+            f"Calculated padded input size per channel: ({padded[0]} x {padded[1]}). Kernel "
+            f"size: ({reach[0]} x {reach[1]}). Kernel size can't be greater than actual input size"
+        )
+
+
+def _scalar_name(t: Tensor) -> str:
+    return _SCALAR_NAMES.get(t._data.dtype.name, t._data.dtype.name)
+
+
+def conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] | str = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> Tensor:
+    """``torch.nn.functional.conv2d`` of (N, C, H, W) or (C, H, W) by weight (O, C/groups, kh, kw).
+
+    The result has torch's NCHW shape over channels-last (NHWC) memory.
+    """
+    if input.ndim == 3:
+        return conv2d(input.unsqueeze(0), weight, bias, stride, padding, dilation, groups).squeeze(
+            0
+        )
+    if input.ndim != 4:
+        raise RuntimeError(
+            "Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
+            f"{list(input.shape)}"
+        )
+    kernel = tuple(weight.shape[2:4]) if weight.ndim == 4 else (1, 1)
+    win = Window(kernel, _conv_pair(stride, "stride"), _conv_pair(dilation, "dilation"))
+    pads = _conv_pads(padding, win)
+    _check_conv(input, weight, bias, win, pads, groups)
+    return Convolution(win.stride, pads, win.dilation, groups)(input, weight, bias)
