@@ -355,7 +355,9 @@ class Tensor:
         return ew.Sub()(*promote(self, other))
 
     def __rsub__(self, other: Any) -> Tensor:
-        return ew.Sub()(*promote(other, self))
+        op = ew.Sub()
+        op.backward_name = "RsubBackward1"
+        return op(*promote(other, self))
 
     def __mul__(self, other: Any) -> Tensor:
         return ew.Mul()(*promote(self, other))
