@@ -105,9 +105,8 @@ def col2im_add(
     gx: np.ndarray, dcols: np.ndarray, blk: Block, win: Window, pads: Pads, channels: slice
 ) -> None:
     """Add the window gradients ``dcols`` (block, Wo, kh, kw, C) into the NHWC ``gx``."""
-    for i, j, rows, cols, out_rows, out_cols in offsets(
-        win, pads, gx.shape[1:3], blk, dcols.shape[2]
-    ):
+    spans = offsets(win, pads, gx.shape[1:3], (blk.h0, blk.h1), dcols.shape[2])
+    for i, j, rows, cols, out_rows, out_cols in spans:
         target = gx[blk.n0 : blk.n1, rows, cols, channels]
         np.add(target, dcols[:, out_rows, out_cols, i, j], out=target)
 

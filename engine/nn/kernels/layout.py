@@ -148,16 +148,17 @@ def span(index: int, pad: int, stride: int, dilation: int, size: int, lo: int, h
     )
 
 
-def offsets(win: Window, pads: Pads, in_hw: Pair, blk: Block, wo: int) -> Iterator[tuple]:
+def offsets(win: Window, pads: Pads, in_hw: Pair, out_rows: Pair, wo: int) -> Iterator[tuple]:
     """Each kernel offset ``(i, j)`` with the input rows and columns its outputs read.
 
-    Yields ``(i, j, rows, cols, out_rows, out_cols)``: the slices of the unpadded input and the
-    matching slices of the block's outputs; offsets that only read padding are skipped. This is
-    how window gradients are scattered back without a padded buffer.
+    For output rows ``out_rows[0]:out_rows[1]`` and all ``wo`` columns, yields ``(i, j, rows,
+    cols, out_rows, out_cols)``: slices of the unpadded input and the matching slices of those
+    outputs; offsets that only read padding are skipped. This is how window gradients are
+    scattered back without a padded buffer.
     """
     (kh, kw), (sh, sw), (dh, dw) = win
     for i in range(kh):
-        rows = span(i, pads[0], sh, dh, in_hw[0], blk.h0, blk.h1)
+        rows = span(i, pads[0], sh, dh, in_hw[0], *out_rows)
         if rows is None:
             continue
         for j in range(kw):

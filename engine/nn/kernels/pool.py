@@ -1,0 +1,310 @@
+"""Max, average and adaptive average pooling on channels-last memory, forward and backward.
+
+Windows are strided views of the padded NHWC input; each op loops over the kh*kw kernel
+offsets (never over output pixels), reducing one strided slice per offset. Gradients are
+scattered back offset by offset into an unpadded NHWC buffer (``layout.offsets``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+from engine.autograd.function import Op
+from engine.nn.kernels.layout import (
+    Pads,
+    Pair,
+    Window,
+    nchw,
+    nhwc,
+    offsets,
+    pad_nhwc,
+    pair,
+    windows,
+)
+from engine.tensor import Tensor
+
+
+class PoolGeometry(NamedTuple):
+    """A pooling window with its padding (bottom/right extended to reach ceil-mode windows)."""
+
+    win: Window
+    pads: Pads
+    in_hw: Pair
+    out_hw: Pair
+
+
+def pool_out_size(size: int, kernel: int, pad: int, stride: int, dilation: int, ceil: bool) -> int:
+    """torch's pooling output length: in ceil mode the last window must start inside the input
+    or its left padding."""
+    out = (size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil else 0)) // stride
+    out += 1
+    if ceil and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _pool_pair(op: str, value: int | tuple | list, name: str, omittable: bool = False) -> Pair:
+    if isinstance(value, tuple | list) and len(value) not in ((0, 1, 2) if omittable else (1, 2)):
+        either = "either be omitted, a single int," if omittable else "either be a single int,"
+        raise RuntimeError(f"{op}: {name} must {either} or a tuple of two ints")
+    return pair(value)
+
+
+def pool_geometry(
+    op: str,
+    shape: tuple,
+    kernel_size: int | tuple,
+    stride: int | tuple | None,
+    padding: int | tuple,
+    dilation: int | tuple,
+    ceil_mode: bool,
+) -> PoolGeometry:
+    """Check torch's pooling arguments for an (N, C, H, W) input and derive the geometry."""
+    kernel = _pool_pair(op, kernel_size, "kernel_size")
+    empty = stride is None or (isinstance(stride, tuple | list) and not stride)
+    step = kernel if empty else _pool_pair(op, stride, "stride", omittable=True)
+    pad = _pool_pair(op, padding, "padding")
+    dil = _pool_pair(op, dilation, "dilation")
+    if min(step) == 0:
+        raise RuntimeError("stride should not be zero")
+    if min(kernel) <= 0:
+        raise RuntimeError(
+            f"kernel size should be greater than zero, but got kH: {kernel[0]} kW: {kernel[1]}"
+        )
+    if min(dil) <= 0:
+        raise RuntimeError(
+            f"dilation should be greater than zero, but got dilationH: {dil[0]} dilationW: {dil[1]}"
+        )
+    for k, p, d in zip(kernel, pad, dil, strict=True):
+        if p > ((k - 1) * d + 1) // 2:
+            raise RuntimeError(
+                "pad should be at most half of effective kernel size, but got "
+                f"pad={p}, kernel_size={k} and dilation={d}"
+            )
+    if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
+        raise RuntimeError(
+            "pad should be smaller than or equal to half of kernel size, but got "
+            f"padW = {pad[1]}, padH = {pad[0]}, kW = {kernel[1]}, kH = {kernel[0]}"
+        )
+    _, c, h, w = shape
+    out_hw = tuple(
+        pool_out_size(*args, ceil_mode) for args in zip((h, w), kernel, pad, step, dil, strict=True)
+    )
+    if min(out_hw) < 1:
+        raise RuntimeError(
+            f"Given input size: ({c}x{h}x{w}). Calculated output size: "
+            f"({c}x{out_hw[0]}x{out_hw[1]}). Output size is too small"
+        )
+    reach = [
+        (o - 1) * s + d * (k - 1) + 1 for o, s, d, k in zip(out_hw, step, dil, kernel, strict=True)
+    ]
+    pads = (pad[0], reach[0] - h - pad[0], pad[1], reach[1] - w - pad[1])
+    return PoolGeometry(Window(kernel, step, dil), pads, (h, w), out_hw)
+
+
+def _window_slices(x: np.ndarray, geo: PoolGeometry, fill: float) -> tuple[np.ndarray, ...]:
+    """The kh*kw strided slices ``(N, Ho, Wo, C)`` of the padded NHWC input, one per offset."""
+    view = windows(pad_nhwc(nhwc(x), geo.pads, fill), geo.win, geo.out_hw)[..., 0, :]
+    kh, kw = geo.win.kernel
+    return tuple(view[:, :, :, i, j] for i in range(kh) for j in range(kw))
+
+
+def _scatter(gx: np.ndarray, geo: PoolGeometry, part: Callable) -> np.ndarray:
+    """Add ``part(k, out_rows, out_cols)`` for each kernel offset ``k`` into the NHWC ``gx``."""
+    kw = geo.win.kernel[1]
+    spans = offsets(geo.win, geo.pads, geo.in_hw, (0, geo.out_hw[0]), geo.out_hw[1])
+    for i, j, rows, cols, out_rows, out_cols in spans:
+        target = gx[:, rows, cols]
+        np.add(target, part(i * kw + j, out_rows, out_cols), out=target)
+    return gx
+
+
+class MaxPool2DWithIndices(Op):
+    """Max over each window; the first maximum (or a NaN) of a window gets the gradient."""
+
+    differentiable = False
+
+    def __init__(self, geo: PoolGeometry, return_indices: bool) -> None:
+        self.geo, self.return_indices = geo, return_indices
+
+    def forward(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        slices = _window_slices(x, self.geo, -np.inf)
+        out = slices[0].copy()
+        keep_arg = self.requires_grad or self.return_indices
+        arg = np.zeros(out.shape, np.int16 if len(slices) > 127 else np.int8) if keep_arg else None
+        for k, s in enumerate(slices[1:], start=1):
+            if arg is not None:
+                better = np.greater(s, out)
+                better |= np.isnan(s)
+                np.copyto(arg, arg.dtype.type(k), where=better)
+            np.maximum(out, s, out=out)
+        self.save_arrays(arg)
+        if self.return_indices:
+            return nchw(out), nchw(self._flat_indices(arg))
+        return nchw(out)
+
+    def _flat_indices(self, arg: np.ndarray) -> np.ndarray:
+        """torch's indices: ``h * W + w`` of each maximum in its (unpadded) input plane."""
+        (kh, kw), (sh, sw), (dh, dw) = self.geo.win
+        i, j = np.divmod(arg.astype(np.int64), kw)
+        ho, wo = self.geo.out_hw
+        rows = np.arange(ho)[:, None, None] * sh - self.geo.pads[0] + i * dh
+        cols = np.arange(wo)[:, None] * sw - self.geo.pads[2] + j * dw
+        return rows * self.geo.in_hw[1] + cols
+
+    def backward(self, gy: np.ndarray, _gi: np.ndarray | None = None) -> np.ndarray:
+        (arg,) = self.saved_arrays
+        gy = nhwc(gy)
+        gx = np.zeros((gy.shape[0], *self.geo.in_hw, gy.shape[3]), gy.dtype)
+        return nchw(_scatter(gx, self.geo, lambda k, r, c: gy[:, r, c] * (arg[:, r, c] == k)))
+
+
+def _avg_divisor(
+    size: int, kernel: int, stride: int, pad: int, out: int, with_pad: bool
+) -> np.ndarray:
+    """Window sizes along one axis, as torch's avg_pool2d counts them."""
+    start = np.arange(out) * stride - pad
+    end = np.minimum(start + kernel, size + pad)
+    if with_pad:
+        return end - start
+    return np.minimum(end, size) - np.maximum(start, 0)
+
+
+class AvgPool2D(Op):
+    """Mean over each window (zero padding counted or not, or a fixed divisor)."""
+
+    differentiable = False
+
+    def __init__(self, geo: PoolGeometry, count_include_pad: bool, divisor: int | None) -> None:
+        self.geo, self.count_include_pad, self.divisor_override = geo, count_include_pad, divisor
+
+    def _divisor(self, dtype: np.dtype) -> np.ndarray:
+        if self.divisor_override:
+            return np.asarray(self.divisor_override, dtype)
+        geo = self.geo
+        rows, cols = (
+            _avg_divisor(n, k, s, p, o, self.count_include_pad)
+            for n, k, s, p, o in zip(
+                geo.in_hw, geo.win.kernel, geo.win.stride, geo.pads[::2], geo.out_hw, strict=True
+            )
+        )
+        return (rows[:, None, None] * cols[:, None]).astype(dtype)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        slices = _window_slices(x, self.geo, 0.0)
+        out = slices[0].copy()
+        for s in slices[1:]:
+            np.add(out, s, out=out)
+        np.divide(out, self._divisor(x.dtype), out=out)
+        return nchw(out)
+
+    def backward(self, gy: np.ndarray) -> np.ndarray:
+        gy = nhwc(gy) / self._divisor(gy.dtype)
+        gx = np.zeros((gy.shape[0], *self.geo.in_hw, gy.shape[3]), gy.dtype)
+        return nchw(_scatter(gx, self.geo, lambda k, r, c: gy[:, r, c]))
+
+
+def adaptive_matrix(out: int, size: int, dtype: np.dtype) -> np.ndarray:
+    """``(out, size)`` averaging matrix: row ``o`` averages ``floor(o*size/out)`` to
+    ``ceil((o+1)*size/out)``, torch's adaptive window."""
+    o = np.arange(out)[:, None]
+    start, end = (o * size) // out, -(-(o + 1) * size // out)
+    index = np.arange(size)
+    return ((index >= start) & (index < end)) / (end - start).astype(dtype)
+
+
+class AdaptiveAvgPool2D(Op):
+    """Adaptive average pooling as two small matrix products (one sum for a 1x1 output)."""
+
+    differentiable = False
+
+    def __init__(self, out_hw: Pair) -> None:
+        self.out_hw = out_hw
+        if out_hw == (1, 1):
+            self.backward_name = "MeanBackward1"
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        n, c, h, w = x.shape
+        ho, wo = self.out_hw
+        self.in_hw = (h, w)
+        x = nhwc(x)
+        if (ho, wo) == (1, 1):
+            out = np.add.reduce(x.reshape(n, 1, h * w, c), axis=2, keepdims=True)
+            return nchw(np.divide(out, x.dtype.type(h * w), out=out))
+        rows = adaptive_matrix(ho, h, x.dtype) @ x.reshape(n, h, w * c)
+        out = adaptive_matrix(wo, w, x.dtype) @ rows.reshape(n * ho, w, c)
+        return nchw(out.reshape(n, ho, wo, c))
+
+    def backward(self, gy: np.ndarray) -> np.ndarray:
+        n, c, ho, wo = gy.shape
+        h, w = self.in_hw
+        gy = nhwc(gy)
+        if (ho, wo) == (1, 1):
+            gx = np.empty((n, h, w, c), gy.dtype)
+            np.divide(gy, gy.dtype.type(h * w), out=gx)
+            return nchw(gx)
+        cols = adaptive_matrix(wo, w, gy.dtype).T @ gy.reshape(n * ho, wo, c)
+        gx = adaptive_matrix(ho, h, gy.dtype).T @ cols.reshape(n, ho, w * c)
+        return nchw(gx.reshape(n, h, w, c))
+
+
+def _batched(op_name: str, x: Tensor) -> Tensor:
+    if x.ndim not in (3, 4):
+        raise RuntimeError(
+            f"{op_name}: Expected 3D or 4D (batch mode) tensor for input, but got {list(x.shape)}"
+        )
+    return x if x.ndim == 4 else x.unsqueeze(0)
+
+
+def _unbatched(like: Tensor, out: Tensor) -> Tensor:
+    return out if like.ndim == 4 else out.squeeze(0)
+
+
+def max_pool2d(
+    input: Tensor,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``torch.nn.functional.max_pool2d`` (padding counts as -inf)."""
+    x = _batched("max_pool2d", input)
+    geo = pool_geometry("max_pool2d", x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    out = MaxPool2DWithIndices(geo, return_indices)(x)
+    if return_indices:
+        return _unbatched(input, out[0]), _unbatched(input, out[1])
+    return _unbatched(input, out)
+
+
+def avg_pool2d(
+    input: Tensor,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> Tensor:
+    """``torch.nn.functional.avg_pool2d``."""
+    if divisor_override is not None and divisor_override == 0:
+        raise RuntimeError("divisor must be not zero")
+    x = _batched("avg_pool2d", input)
+    geo = pool_geometry("avg_pool2d", x.shape, kernel_size, stride, padding, 1, ceil_mode)
+    return _unbatched(input, AvgPool2D(geo, count_include_pad, divisor_override)(x))
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size: int | tuple[int | None, int | None]) -> Tensor:
+    """``torch.nn.functional.adaptive_avg_pool2d``; ``None`` in ``output_size`` keeps that size."""
+    if input.ndim not in (3, 4):
+        raise RuntimeError(
+            f"adaptive_avg_pool2d(): Expected 3D or 4D tensor, but got {list(input.shape)}"
+        )
+    x = input if input.ndim == 4 else input.unsqueeze(0)
+    sizes = output_size if isinstance(output_size, tuple | list) else (output_size,) * 2
+    out_hw = tuple(int(x.shape[2 + i]) if s is None else int(s) for i, s in enumerate(sizes))
+    return _unbatched(input, AdaptiveAvgPool2D(out_hw)(x))
