@@ -1,0 +1,268 @@
+"""conv2d: finite-difference gradients, torch parity, memory layout, blocking and errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+import engine
+from engine.autograd import gradcheck
+from engine.nn.kernels import conv, layout
+from engine.nn.kernels.conv import conv2d
+
+# (batch, in channels, out channels, kernel, stride, padding, dilation, groups, bias, (H, W))
+CASES = {
+    "3x3": (2, 2, 3, 3, 1, 1, 1, 1, True, (7, 5)),
+    "3x3-s2-nopad": (1, 2, 3, 3, 2, 0, 1, 1, False, (7, 5)),
+    "3x3-pad2-dil2-g2": (2, 4, 4, 3, 1, 2, 2, 2, True, (7, 5)),
+    "depthwise-s2": (1, 4, 4, 3, 2, 1, 1, 4, True, (7, 5)),
+    "g2-s2-more-out": (1, 4, 6, 3, 2, 1, 1, 2, False, (6, 7)),
+    "1x1": (2, 4, 5, 1, 1, 0, 1, 1, True, (5, 4)),
+    "1x1-pad1": (1, 3, 2, 1, 1, 1, 1, 1, False, (4, 3)),
+    "1x1-s2": (2, 3, 4, 1, 2, 0, 1, 1, False, (7, 5)),
+    "7x7-s2-pad3": (1, 2, 2, 7, 2, 3, 1, 1, True, (9, 8)),
+    "same-dil2-g2": (1, 2, 4, 3, 1, "same", 2, 2, True, (7, 5)),
+    "same-even-kernel": (1, 2, 2, 2, 1, "same", 1, 1, False, (6, 5)),
+    "valid": (2, 2, 2, 3, 1, "valid", 1, 1, True, (5, 5)),
+    "s2-pad2-dil2": (2, 2, 2, 3, 2, 2, 2, 1, False, (7, 6)),
+    "pairs": (1, 2, 3, 3, (1, 2), (0, 1), (2, 1), 1, True, (7, 5)),
+}
+
+# Every distinct conv of ResNet18 on a 32x32 image: (in, out, kernel, stride, padding, H)
+RESNET18 = {
+    "conv1": (3, 64, 7, 2, 3, 32),
+    "layer1": (64, 64, 3, 1, 1, 8),
+    "layer2.0.conv1": (64, 128, 3, 2, 1, 8),
+    "layer2.0.downsample": (64, 128, 1, 2, 0, 8),
+    "layer2": (128, 128, 3, 1, 1, 4),
+    "layer3.0.conv1": (128, 256, 3, 2, 1, 4),
+    "layer3.0.downsample": (128, 256, 1, 2, 0, 4),
+    "layer3": (256, 256, 3, 1, 1, 2),
+    "layer4.0.conv1": (256, 512, 3, 2, 1, 2),
+    "layer4.0.downsample": (256, 512, 1, 2, 0, 2),
+    "layer4": (512, 512, 3, 1, 1, 1),
+}
+
+
+def _tensor(array: np.ndarray, channels_last: bool = False) -> engine.Tensor:
+    """An engine tensor over ``array`` (NCHW-shaped), optionally with NHWC memory."""
+    if channels_last:
+        array = np.ascontiguousarray(array.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    return engine.from_numpy(array).requires_grad_()
+
+
+def _inputs(case: tuple, rng: np.random.Generator, dtype: type, channels_last: bool = False):
+    n, cin, cout, k, _, _, _, groups, bias, (h, w) = case
+    x = _tensor(rng.standard_normal((n, cin, h, w)).astype(dtype), channels_last)
+    weight = _tensor(rng.standard_normal((cout, cin // groups, k, k)).astype(dtype))
+    b = _tensor(rng.standard_normal(cout).astype(dtype)) if bias else None
+    return x, weight, b
+
+
+def _call(case: tuple) -> Callable[..., engine.Tensor]:
+    """conv2d with the case's hyper-parameters, as a function of (x, weight, bias)."""
+    _, _, _, _, stride, padding, dilation, groups, _, _ = case
+    return lambda x, w, b: conv2d(x, w, b, stride, padding, dilation, groups)
+
+
+@pytest.fixture(params=["flipped", "col2im"])
+def input_grad_method(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with each stride-1 input-gradient algorithm."""
+    threshold = 1 << 30 if request.param == "flipped" else 0
+    monkeypatch.setattr(conv, "FLIPPED_MAX_CHANNELS", threshold)
+    return request.param
+
+
+@pytest.fixture
+def tiny_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Force block-by-block im2col, with blocks smaller than one image."""
+    monkeypatch.setattr(layout, "BLOCKING_THRESHOLD", 256)
+    monkeypatch.setattr(layout, "BLOCK_BYTES", 200)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_gradcheck(
+    case: tuple, channels_last: bool, input_grad_method: str, rng: np.random.Generator
+) -> None:
+    x, weight, bias = _inputs(case, rng, np.float64, channels_last)
+    assert gradcheck(_call(case), (x, weight, bias))
+
+
+@pytest.mark.parametrize("case", [CASES["3x3-pad2-dil2-g2"], CASES["depthwise-s2"]])
+def test_gradcheck_blocked(case: tuple, tiny_blocks: None, rng: np.random.Generator) -> None:
+    x, weight, bias = _inputs(case, rng, np.float64)
+    assert gradcheck(_call(case), (x, weight, bias))
+
+
+def _grads(y: engine.Tensor, gy: np.ndarray, tensors: tuple) -> list[np.ndarray]:
+    y.backward(engine.from_numpy(gy))
+    return [t.grad.numpy() for t in tensors if t is not None]
+
+
+def _torch_run(torch, case: tuple, tensors: tuple, gy: np.ndarray) -> list[np.ndarray]:
+    _, _, _, _, stride, padding, dilation, groups, _, _ = case
+    x, w, b = (
+        None if t is None else torch.tensor(t.detach().numpy()).requires_grad_() for t in tensors
+    )
+    y = torch.nn.functional.conv2d(x, w, b, stride, padding, dilation, groups)
+    y.backward(torch.tensor(gy))
+    return [y.detach().numpy()] + [t.grad.numpy() for t in (x, w, b) if t is not None]
+
+
+def _assert_close(ours: np.ndarray, ref: np.ndarray) -> None:
+    """Equal to float32 round-off, relative to the size of the values."""
+    assert ours.dtype == ref.dtype and ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(ref).max()))
+
+
+def _check_parity(torch, case: tuple, channels_last: bool, rng: np.random.Generator) -> None:
+    tensors = _inputs(case, rng, np.float32, channels_last)
+    y = _call(case)(*tensors)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    ours = [y.detach().numpy()] + _grads(y, gy, tensors)
+    for mine, ref in zip(ours, _torch_run(torch, case, tensors, gy), strict=True):
+        _assert_close(mine, ref)
+
+
+@pytest.mark.torch
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_torch_parity(
+    torch, case: tuple, channels_last: bool, input_grad_method: str, rng: np.random.Generator
+) -> None:
+    _check_parity(torch, case, channels_last, rng)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("shape", RESNET18.values(), ids=RESNET18.keys())
+def test_torch_parity_resnet18_shapes(torch, shape: tuple, rng: np.random.Generator) -> None:
+    cin, cout, k, stride, padding, h = shape
+    case = (2, cin, cout, k, stride, padding, 1, 1, False, (h, h))
+    _check_parity(torch, case, channels_last=cin > 3, rng=rng)
+
+
+@pytest.mark.torch
+def test_torch_parity_blocked(torch, rng: np.random.Generator) -> None:
+    """A conv large enough to be built block by block, images split into row blocks too."""
+    case = (3, 16, 32, 3, 1, 1, 1, 1, True, (40, 48))
+    _check_parity(torch, case, channels_last=True, rng=rng)
+
+
+def test_blocked_equals_whole(monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator) -> None:
+    case = CASES["3x3-pad2-dil2-g2"]
+    tensors = _inputs(case, rng, np.float64)
+    y = _call(case)(*tensors)
+    gy = rng.standard_normal(y.shape)
+    whole = [y.detach().numpy()] + _grads(y, gy, tensors)
+    monkeypatch.setattr(layout, "BLOCKING_THRESHOLD", 256)
+    monkeypatch.setattr(layout, "BLOCK_BYTES", 200)
+    for t in tensors:
+        t.grad = None
+    y = _call(case)(*tensors)
+    blocked = [y.detach().numpy()] + _grads(y, gy, tensors)
+    for a, b in zip(whole, blocked, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_row_blocks_cover_every_row() -> None:
+    for n, ho, wo, row_bytes in [(3, 5, 4, 10), (2, 7, 3, 1 << 20), (4, 4, 4, 1 << 16)]:
+        blocks = list(layout.row_blocks(n, ho, wo, row_bytes))
+        assert blocks[0].r0 == 0 and blocks[-1].r1 == n * ho * wo
+        for a, b in zip(blocks, blocks[1:], strict=False):
+            assert a.r1 == b.r0
+        for blk in blocks:
+            assert blk.r1 - blk.r0 == (blk.n1 - blk.n0) * (blk.h1 - blk.h0) * wo
+
+
+@pytest.mark.parametrize("weight_channels_last", [False, True])
+def test_layouts(weight_channels_last: bool, rng: np.random.Generator) -> None:
+    """NCHW-shaped output over NHWC memory; the weight's gradient in the weight's layout."""
+    x = _tensor(rng.standard_normal((2, 3, 6, 6)).astype(np.float32))
+    weight = _tensor(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), weight_channels_last)
+    y = conv2d(x, weight, padding=1)
+    assert y.shape == (2, 4, 6, 6) and y.dtype == engine.float32
+    assert y._data.transpose(0, 2, 3, 1).flags.c_contiguous
+    y.sum().backward()
+    assert x.grad._data.transpose(0, 2, 3, 1).flags.c_contiguous
+    assert weight.grad.dtype == engine.float32
+    grad = weight.grad._data
+    layout_of_grad = grad.transpose(0, 2, 3, 1) if weight_channels_last else grad
+    assert layout_of_grad.flags.c_contiguous
+
+
+def test_grad_fn_and_no_grad(rng: np.random.Generator) -> None:
+    x, weight, bias = _inputs(CASES["3x3"], rng, np.float32)
+    y = conv2d(x, weight, bias, padding=1)
+    assert y.grad_fn.name() == "ConvolutionBackward0"
+    with engine.no_grad():
+        z = conv2d(x, weight, bias, padding=1)
+    assert z.grad_fn is None and not z.requires_grad
+    np.testing.assert_array_equal(z.numpy(), y.detach().numpy())
+
+
+def test_backward_leaves_incoming_gradient_alone(rng: np.random.Generator) -> None:
+    x, weight, bias = _inputs(CASES["1x1"], rng, np.float64)
+    y = conv2d(x, weight, bias)
+    gy = rng.standard_normal(y.shape)
+    before = gy.copy()
+    grads = _grads(y, gy, (x, weight, bias))
+    np.testing.assert_array_equal(gy, before)
+    assert not any(np.shares_memory(g, gy) for g in grads)
+
+
+def test_only_requested_gradients(rng: np.random.Generator) -> None:
+    x, weight, bias = _inputs(CASES["3x3"], rng, np.float64)
+    x.requires_grad_(False)
+    conv2d(x, weight, bias, padding=1).sum().backward()
+    assert x.grad is None and weight.grad is not None and bias.grad is not None
+
+
+def test_double_backward_raises(rng: np.random.Generator) -> None:
+    x, weight, _ = _inputs(CASES["3x3"], rng, np.float64)
+    (gx,) = engine.autograd.grad(conv2d(x, weight).sum(), [x], create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        gx.sum().backward()
+
+
+def test_unbatched_input(rng: np.random.Generator) -> None:
+    x, weight, bias = _inputs(CASES["3x3"], rng, np.float64)
+    batched = conv2d(x, weight, bias, padding=1)
+    single = conv2d(x[0], weight, bias, padding=1)
+    assert single.shape == batched.shape[1:]
+    np.testing.assert_allclose(single.detach().numpy(), batched.detach().numpy()[0])
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "kwargs", "message"),
+    [
+        ((2, 3, 5, 5), (4, 2, 3, 3), {}, r"expected input\[2, 3, 5, 5\] to have 2 channels"),
+        ((2, 3, 5, 5), (4, 3, 7, 7), {}, r"Kernel size can't be greater than actual input size"),
+        ((2, 4, 5, 5), (3, 2, 3, 3), {"groups": 2}, "expected weight to be divisible by 2"),
+        ((2, 3, 5, 5), (4, 3, 3, 3), {"stride": 2, "padding": "same"}, "strided convolutions"),
+        ((2, 3, 5, 5), (4, 3, 3, 3), {"padding": "full"}, "Invalid padding string: 'full'"),
+        ((2, 3, 5, 5), (4, 3, 3, 3), {"padding": -1}, "negative padding is not supported"),
+        ((2, 3, 5, 5), (4, 3, 3, 3), {"stride": 0}, "non-positive stride is not supported"),
+        ((2, 3, 5, 5), (4, 3, 3, 3), {"dilation": 0}, "non-positive dilation is not supported"),
+        ((2, 3, 5, 5), (4, 3, 3, 3), {"groups": 0}, "non-positive groups is not supported"),
+        ((2, 3, 5, 5), (4, 3, 3, 3), {"stride": (1, 1, 1)}, "a list of 2 values"),
+        ((3, 5), (4, 3, 3, 3), {}, r"Expected 3D \(unbatched\) or 4D \(batched\) input"),
+    ],
+)
+def test_errors(x_shape: tuple, w_shape: tuple, kwargs: dict, message: str) -> None:
+    x, weight = engine.zeros(*x_shape), engine.zeros(*w_shape)
+    with pytest.raises(RuntimeError, match=message):
+        conv2d(x, weight, **kwargs)
+
+
+def test_bias_and_dtype_errors() -> None:
+    x, weight = engine.zeros(1, 3, 5, 5), engine.zeros(4, 3, 3, 3)
+    with pytest.raises(RuntimeError, match="expected bias to be 1-dimensional with 4 elements"):
+        conv2d(x, weight, engine.zeros(3))
+    with pytest.raises(RuntimeError, match="expected scalar type Double but found Float"):
+        conv2d(x.double(), weight)
+    with pytest.raises(RuntimeError, match=r"Input type \(float\) and bias type \(double\)"):
+        conv2d(x, weight, engine.zeros(4).double())
