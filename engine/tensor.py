@@ -694,6 +694,11 @@ class Tensor:
 
     def _rebase(self, result: Tensor) -> Tensor:
         """Write ``result`` into this tensor's storage and make its grad_fn this tensor's."""
+        fn = result.grad_fn
+        if fn is not None and fn._saved_tensors:  # the op saved the values about to be overwritten
+            fn._saved_tensors = tuple(
+                (self._snapshot(), 0) if t is self else (t, v) for t, v in fn._saved_tensors
+            )
         np.copyto(self._data, result._data, casting="unsafe")
         self._vc[0] += 1
         self.grad_fn, self._output_nr = result.grad_fn, result._output_nr
@@ -704,6 +709,13 @@ class Tensor:
                 for t, v in result.grad_fn._saved_tensors
             )
         return self
+
+    def _snapshot(self) -> Tensor:
+        """A copy of the current values that keeps this tensor's place in the graph."""
+        t = Tensor._make(self._data.copy())
+        t.grad_fn, t._output_nr = self.grad_fn, self._output_nr
+        t._requires_grad = self._requires_grad
+        return t
 
     def _inplace(self, ufunc: np.ufunc, other: Any, out_of_place: Callable[[], Tensor]) -> Tensor:
         other = self._operand(other)
