@@ -787,23 +787,27 @@ class Tensor:
     def neg_(self) -> Tensor:
         return self._unary_inplace(self.__neg__)
 
-    def _fill(self, values: np.ndarray | Scalar) -> Tensor:
-        self._check_inplace()
+    def _fill(self, values: np.ndarray | Scalar, backward_name: str) -> Tensor:
+        """Overwrite with constants; inside the graph the old values get a zero gradient."""
+        if self._records_inplace():
+            op = ew.Where(np.zeros(self.shape, bool))
+            op.backward_name = backward_name
+            return self._rebase(op(self, Tensor._make(np.asarray(values, self._data.dtype))))
         self._data[...] = values
         self._vc[0] += 1
         return self
 
     def zero_(self) -> Tensor:
-        return self._fill(0)
+        return self._fill(0, "ZeroBackward0")
 
     def fill_(self, value: Scalar) -> Tensor:
-        return self._fill(value)
+        return self._fill(value, "FillBackward2")
 
     def normal_(self, mean: float = 0.0, std: float = 1.0) -> Tensor:
-        return self._fill(_random.generator().normal(mean, std, self.shape))
+        return self._fill(_random.generator().normal(mean, std, self.shape), "NormalBackward0")
 
     def uniform_(self, a: float = 0.0, b: float = 1.0) -> Tensor:
-        return self._fill(_random.generator().uniform(a, b, self.shape))
+        return self._fill(_random.generator().uniform(a, b, self.shape), "UniformBackward0")
 
     # ----------------------------------------------------------------- new tensors
     def new_zeros(self, *size: Any) -> Tensor:
