@@ -36,6 +36,9 @@ class Index(Op):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self.shape, self.dtype = x.shape, x.dtype
+        if self.basic:  # with an Ellipsis NumPy returns a 0-d view, not a scalar copy
+            parts = self.key if isinstance(self.key, tuple) else (self.key,)
+            return x[parts if Ellipsis in parts else (*parts, Ellipsis)]
         return x[self.key]
 
     def backward(self, gy: Tensor) -> Tensor:
