@@ -15,6 +15,7 @@ from engine.nn.kernels.dropout import dropout
 from engine.nn.kernels.loss import cross_entropy, l1_loss, mse_loss, nll_loss
 from engine.nn.kernels.norm import batch_norm
 from engine.nn.kernels.pad import pad
+from engine.nn.kernels.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from engine.tensor import Tensor
 
 __all__ = [
@@ -101,21 +102,3 @@ def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
     if labels.size and labels.max() >= num_classes:
         raise RuntimeError("Class values must be smaller than num_classes.")
     return Tensor._make((labels[..., None] == np.arange(num_classes)).astype(np.int64))
-
-
-def max_pool2d(*args, **kwargs) -> Tensor:  # noqa: ANN002, ANN003
-    from engine.nn.kernels.pool import max_pool2d as kernel
-
-    return kernel(*args, **kwargs)
-
-
-def avg_pool2d(*args, **kwargs) -> Tensor:  # noqa: ANN002, ANN003
-    from engine.nn.kernels.pool import avg_pool2d as kernel
-
-    return kernel(*args, **kwargs)
-
-
-def adaptive_avg_pool2d(*args, **kwargs) -> Tensor:  # noqa: ANN002, ANN003
-    from engine.nn.kernels.pool import adaptive_avg_pool2d as kernel
-
-    return kernel(*args, **kwargs)

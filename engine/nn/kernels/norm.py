@@ -2,9 +2,11 @@
 
 All the work happens on a channels-last ``(N', L, C)`` view of the input (free for NHWC memory,
 for NCHW-contiguous memory and for ``(N, C)`` matrices), walked in blocks of rows that stay in
-cache. Channel sums are BLAS products with a ones vector; squared deviations are summed by
-``einsum`` around the exact mean (two passes, no cancellation); partial sums are added in
-float64. Backward is ``dx = a*dy + b*x + c`` per channel, without materialising x-hat.
+cache. Channel sums are BLAS products with a ones vector and squared deviations are summed by
+``einsum``, both in one pass around a first estimate of the mean (no cancellation); partial
+sums are added in float64. Backward is ``dx = a*dy + b*x + c`` per channel, without
+materialising x-hat; for data far from zero, the affine maps subtract the mean first so as not
+to lose digits.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from engine.autograd.grad_mode import no_grad
 from engine.tensor import Tensor
 
 BLOCK_ELEMENTS = 1 << 16  # elements per block of rows: 256 KiB of float32, well inside L2
+FAR_FROM_ZERO = 8.0  # |mean| / std beyond which affine maps subtract the mean before scaling
 
 
 def _dense(x: np.ndarray) -> np.ndarray:
@@ -45,44 +48,88 @@ def _like(x: np.ndarray, other: np.ndarray) -> np.ndarray:
     return out
 
 
+def _block_rows(channels: int) -> int:
+    return max(1, BLOCK_ELEMENTS // channels)
+
+
 def _blocks(*views: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
     """The same blocks of rows, ``(rows, C)`` matrices, of several ``(N', L, C)`` views."""
     n, length, c = views[0].shape
-    step = max(1, BLOCK_ELEMENTS // c)
+    step = _block_rows(c)
     for i in range(n):
         for start in range(0, length, step):
             yield tuple(v[i, start : start + step] for v in views)
 
 
-def _channel_sum(rows: np.ndarray) -> np.ndarray:
-    """Per-channel sum of a ``(N', L, C)`` view, in float64."""
-    total = np.zeros(rows.shape[2])
-    ones = np.ones(min(rows.shape[1], max(1, BLOCK_ELEMENTS // rows.shape[2])), rows.dtype)
-    for (block,) in _blocks(rows):
-        total += ones[: len(block)] @ block
-    return total
+def _centered_sums(
+    rows: np.ndarray, shift: np.ndarray, other: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``sum(v)`` and ``sum(v * (x - shift))`` in float64, in one pass over ``x``.
+
+    ``v`` is ``other`` (same shape as ``rows``) or, when None, ``x - shift`` itself: then the
+    second sum is the sum of squared deviations from ``shift``.
+    """
+    sums, dots = np.zeros(rows.shape[2]), np.zeros(rows.shape[2])
+    shift = shift.astype(rows.dtype)
+    ones = np.ones(min(rows.shape[1], _block_rows(rows.shape[2])), rows.dtype)
+    for blocks in _blocks(rows) if other is None else _blocks(rows, other):
+        centered = np.subtract(blocks[0], shift, out=np.empty_like(blocks[0]))
+        v = blocks[-1] if other is not None else centered
+        sums += ones[: len(v)] @ v
+        dots += np.einsum("mc,mc->c", v, centered)
+    return sums, dots
 
 
-def _centered_dot(rows: np.ndarray, mean: np.ndarray, other: np.ndarray | None) -> np.ndarray:
-    """Per-channel ``sum(other * (x - mean))`` in float64; ``other=None`` means ``x - mean``."""
-    total = np.zeros(rows.shape[2])
-    mean = mean.astype(rows.dtype)
-    views = (rows,) if other is None else (rows, other)
-    for blocks in _blocks(*views):
-        centered = np.subtract(blocks[0], mean, out=np.empty_like(blocks[0]))
-        total += np.einsum("mc,mc->c", blocks[-1] if other is not None else centered, centered)
-    return total
+def _moments(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and biased variance, in float64, from one pass.
+
+    Deviations are taken from the mean of the first block, close to the true mean, so that the
+    variance does not suffer cancellation when the mean is large next to the spread.
+    """
+    first = rows[0, : _block_rows(rows.shape[2])]
+    shift = (np.ones(len(first), rows.dtype) @ first / rows.dtype.type(len(first))).astype(
+        rows.dtype
+    )
+    count = rows.shape[0] * rows.shape[1]
+    sums, squares = _centered_sums(rows, shift)
+    offset = sums / count
+    return shift + offset, squares / count - offset * offset
 
 
-def _combine(out: np.ndarray, terms: list[tuple[np.ndarray, np.ndarray]], const=None) -> None:
-    """``out = sum(array * coef for array, coef in terms) + const``, per channel, block by block."""
-    cast = [(array, coef.astype(out.dtype)) for array, coef in terms]
-    const = None if const is None else const.astype(out.dtype)
-    for blocks in _blocks(out, *(array for array, _ in cast)):
-        target, first = blocks[0], blocks[1]
-        np.multiply(first, cast[0][1], out=target)
-        for block, (_, coef) in zip(blocks[2:], cast[1:], strict=True):
-            target += block * coef
+def _center(mean: np.ndarray, invstd: np.ndarray) -> np.ndarray | None:
+    """``mean`` if values sit far from zero next to their spread, else None.
+
+    Far from zero, ``x * a + (c - mean * a)`` would lose digits to cancellation, so the affine
+    maps compute ``(x - mean) * a + c``; elsewhere they save that subtraction.
+    """
+    return mean if np.max(np.abs(mean) * invstd, initial=0.0) > FAR_FROM_ZERO else None
+
+
+Term = tuple[np.ndarray, np.ndarray | None, np.ndarray]  # rows, per-channel center, coefficient
+
+
+def _combine(out: np.ndarray, terms: list[Term], const: np.ndarray | None = None) -> None:
+    """``out = sum((rows - center) * coef) + const`` per channel, block by block.
+
+    A ``None`` center is zero. Centering before scaling keeps the result accurate when the
+    values sit far from zero next to their spread.
+    """
+    dtype = out.dtype
+    cast = [
+        (None if center is None else center.astype(dtype), coef.astype(dtype))
+        for _, center, coef in terms
+    ]
+    const = None if const is None else const.astype(dtype)
+    for target, *blocks in _blocks(out, *(rows for rows, _, _ in terms)):
+        for i, (block, (center, coef)) in enumerate(zip(blocks, cast, strict=True)):
+            part = target if i == 0 else np.empty_like(block)
+            if center is None:
+                np.multiply(block, coef, out=part)
+            else:
+                np.subtract(block, center, out=part)
+                part *= coef
+            if i:
+                target += part
         if const is not None:
             target += const
 
@@ -106,16 +153,17 @@ class BatchNorm(Op):
         rows = _rows(x)
         if self.training:
             self.count = rows.shape[0] * rows.shape[1]
-            mean = _channel_sum(rows) / self.count
-            var = _centered_dot(rows, mean, None) / self.count
+            mean, var = _moments(rows)
             self.batch_mean, self.batch_var = mean, var
         else:
             mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
         invstd = 1.0 / np.sqrt(var + self.eps)
         scale = invstd if weight is None else invstd * weight
-        shift = -mean * scale if bias is None else bias - mean * scale
+        center = _center(mean, invstd)
+        if center is None:
+            bias = -mean * scale if bias is None else bias - mean * scale
         out = np.empty_like(x)
-        _combine(_rows(out), [(rows, scale)], shift)
+        _combine(_rows(out), [(rows, center, scale)], bias)
         if self.requires_grad:
             need_x = self.training or self.needs_input_grad[1]
             self.kept = [i for i, keep in ((0, need_x), (1, weight is not None)) if keep]
@@ -130,21 +178,22 @@ class BatchNorm(Op):
         need_x, need_w, need_b = self.needs_input_grad[:3]
         if 0 in saved:
             x = _dense(saved[0]._data)
-            grad = _like(x, grad)
-            rows = _rows(x)
+            rows, grad = _rows(x), _like(x, grad)
+            sum_dy, dot = _centered_sums(rows, mean, _rows(grad))
         else:  # eval mode with a frozen weight: dx = dy * scale needs no x
             grad = _dense(grad)
+            sum_dy = _centered_sums(_rows(grad), np.zeros(len(mean)))[0] if need_b else None
         grad_rows = _rows(grad)
-        sum_dy = _channel_sum(grad_rows) if need_b or self.training else None
-        dot = _centered_dot(rows, mean, grad_rows) if need_w or self.training else None
         dx = None
         if need_x:
             dx = np.empty_like(grad)
-            terms, const = [(grad_rows, scale)], None
+            terms, const = [(grad_rows, None, scale)], None
             if self.training:
-                coef_x = -scale * invstd * invstd * dot / self.count
-                terms.append((rows, coef_x))
-                const = -scale * sum_dy / self.count - coef_x * mean
+                coef_x, center = -scale * invstd * invstd * dot / self.count, _center(mean, invstd)
+                terms.append((rows, center, coef_x))
+                const = -scale * sum_dy / self.count
+                if center is None:
+                    const -= coef_x * mean
             _combine(_rows(dx), terms, const)
         dw = (dot * invstd).astype(grad.dtype) if need_w else None
         db = sum_dy.astype(grad.dtype) if need_b else None
@@ -161,7 +210,7 @@ def _check_sizes(input: Tensor, **vectors: Tensor | None) -> None:
 def _update_running(running: Tensor, batch: np.ndarray, momentum: float) -> None:
     """``running = (1 - momentum) * running + momentum * batch``, in place."""
     with no_grad():
-        updated = (1.0 - momentum) * running._data + momentum * batch
+        updated = (1.0 - momentum) * running._data.astype(np.float64) + momentum * batch
         running.copy_(Tensor._make(updated.astype(running._data.dtype)))
 
 
@@ -182,7 +231,7 @@ def batch_norm(
     """
     if training:
         size = input.shape
-        if int(np.prod(size)) // size[1] == 1:
+        if size[0] * int(np.prod(size[2:])) == 1:
             raise ValueError(
                 "Expected more than 1 value per channel when training, got input size "
                 f"torch.Size({list(size)})"
