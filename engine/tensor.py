@@ -40,6 +40,7 @@ class Tensor:
         "_hooks",
         "_post_hooks",
         "_accumulator",
+        "_base",
         "__weakref__",
         "__dict__",
     )
@@ -63,6 +64,7 @@ class Tensor:
         self._hooks: HookDict | None = None
         self._post_hooks: HookDict | None = None
         self._accumulator: AccumulateGrad | None = None
+        self._base: Tensor | None = None  # the tensor whose storage this view shares
 
     @classmethod
     def _make(cls, array: Any) -> Tensor:
@@ -680,9 +682,17 @@ class Tensor:
 
     # ----------------------------------------------------------------- in place
     def _check_inplace(self) -> None:
-        if self._requires_grad and self.grad_fn is None and is_grad_enabled():
+        if not is_grad_enabled():
+            return
+        if self._requires_grad and self.grad_fn is None:
             raise RuntimeError(
                 "a leaf Variable that requires grad is being used in an in-place operation."
+            )
+        base = self._base
+        if base is not None and base._requires_grad and base.grad_fn is None:
+            raise RuntimeError(
+                "a view of a leaf Variable that requires grad is being used in an in-place "
+                "operation."
             )
 
     def _records_inplace(self, *others: Tensor) -> bool:
@@ -699,8 +709,13 @@ class Tensor:
             fn._saved_tensors = tuple(
                 (self._snapshot(), 0) if t is self else (t, v) for t, v in fn._saved_tensors
             )
-        np.copyto(self._data, result._data, casting="unsafe")
-        self._vc[0] += 1
+        base = self._base
+        if base is not None and (base._requires_grad or result._requires_grad):
+            # the base changes too: its new grad_fn puts the result into it (torch's CopySlices)
+            base._rebase(idx.IndexPut(_view_positions(self._data, base._data))(base, result))
+        else:
+            np.copyto(self._data, result._data, casting="unsafe")
+            self._vc[0] += 1
         self.grad_fn, self._output_nr = result.grad_fn, result._output_nr
         self._requires_grad = result._requires_grad
         if result.grad_fn is not None and result.grad_fn._saved_tensors:
@@ -833,6 +848,19 @@ class MinMax(tuple):
     @property
     def indices(self) -> Tensor:
         return self[1]
+
+
+def _view_positions(view: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The index into ``base`` of each element of ``view``, an array sharing its memory."""
+
+    def addresses(a: np.ndarray) -> np.ndarray:
+        grid = np.indices(a.shape, sparse=True)
+        return sum((g * s for g, s in zip(grid, a.strides, strict=True)), a.ctypes.data)
+
+    base_addresses = np.broadcast_to(addresses(base), base.shape).ravel()
+    order = np.argsort(base_addresses)
+    flat = order[np.searchsorted(base_addresses, addresses(view), sorter=order)]
+    return np.unravel_index(np.broadcast_to(flat, view.shape), base.shape)
 
 
 def promote(*operands: Any, floating: bool = False) -> tuple[Tensor, ...]:

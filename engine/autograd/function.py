@@ -176,8 +176,10 @@ class Op(Node):
         single = not isinstance(outs, tuple)
         outputs = tuple(Tensor._make(o) for o in ((outs,) if single else outs))
         if self.view_of is not None:
+            source = inputs[self.view_of]
             for out in outputs:
-                out._vc = inputs[self.view_of]._vc
+                out._vc = source._vc
+                out._base = source if source._base is None else source._base
         if self.requires_grad:
             self.connect(inputs, outputs)
             if self._save_out:
