@@ -1,0 +1,1 @@
+"""The `finetune` command line: config, data, the training loop and reports, over `engine`."""

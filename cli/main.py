@@ -1,0 +1,169 @@
+"""The `finetune` command: one thin function per verb; the work lives in the verb's module.
+
+Every verb is registered with `@verb(...)`, which adds its examples to `--help`
+and turns the errors a user can cause into one message on stderr and an exit
+code: 0 ok, 1 failure, 2 usage or config error, 130 interrupted. Set
+FINETUNE_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from cli.errors import ConfigError
+
+app = typer.Typer(
+    name="finetune",
+    help="Fine-tune ResNet image classifiers on the CPU, with a NumPy engine that follows torch.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Verb = TypeVar("Verb", bound=Callable[..., Any])
+
+
+def verb(*examples: str, **options: Any) -> Callable[[Verb], Verb]:
+    """Register a command with an examples block in its help and the user-facing error handling."""
+    epilog = "\n".join(["[bold]Examples[/bold]", *examples])
+
+    def register(function: Verb) -> Verb:
+        app.command(epilog=epilog, **options)(_reporting_errors(function))
+        return function
+
+    return register
+
+
+def _reporting_errors(function: Verb) -> Verb:
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.BadParameter):
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            if os.environ.get("FINETUNE_DEBUG"):
+                raise
+            code = _exit_code(exc)
+            _report(exc, code)
+            raise typer.Exit(code) from None
+
+    return run  # type: ignore[return-value]
+
+
+def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    if isinstance(exc, ConfigError):
+        return 2
+    return getattr(exc, "exit_code", 1)
+
+
+def _report(exc: BaseException, code: int) -> None:
+    from cli.errors import FinetuneError
+    from engine.io import WeightsError
+
+    if isinstance(exc, KeyboardInterrupt):
+        prefix, message = "interrupted", "stopped by Ctrl-C"
+    elif code == 130:
+        prefix, message = "interrupted", str(exc)
+    elif isinstance(exc, (FinetuneError, WeightsError, OSError)):
+        prefix, message = "error", str(exc)
+    else:
+        prefix = "internal error"
+        message = (
+            f"{type(exc).__name__}: {exc}\n"
+            "This is a bug in finetune; set FINETUNE_DEBUG=1 to see the traceback."
+        )
+    style = "yellow" if code == 130 else "bold red"
+    Console(stderr=True).print(Text(f"{prefix}: ", style=style) + Text(message))
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        try:
+            number = version("finetune")
+        except PackageNotFoundError:
+            number = "unknown (not installed)"
+        typer.echo(f"finetune {number}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Show the version and exit.", callback=_show_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Fine-tune ResNet image classifiers on the CPU, with a NumPy engine that follows torch."""
+
+
+@verb(
+    "finetune train configs/quickstart.yaml                   # the bundled digits, offline",
+    "finetune train configs/quickstart.yaml optim.lr=0.05 schedule.epochs=8",
+    "finetune train my.yaml run.output_dir=runs/try1 --overwrite",
+    "finetune train --resume runs/quickstart-20260101-120000  # continue where it stopped",
+    "finetune train --resume runs/quickstart-20260101-120000 schedule.epochs=8  # train longer",
+)
+def train(
+    config: Annotated[
+        Path | None,
+        typer.Argument(metavar="CONFIG.yaml", help="The run's YAML config.", show_default=False),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[KEY=VALUE]...",
+            help="Dotted config overrides, e.g. optim.lr=0.001.",
+            show_default=False,
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            metavar="RUN_DIR",
+            help="Continue the run in RUN_DIR exactly where it stopped, with its saved config.",
+            show_default=False,
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start over in a run folder that is not empty.")
+    ] = False,
+) -> None:
+    """Train a model from a YAML config, writing checkpoints and metrics to a run folder."""
+    from cli.train import train as run_training
+
+    overrides = overrides or []
+    if resume is not None and config is not None:
+        if "=" not in str(config):
+            raise typer.BadParameter(
+                "--resume continues RUN_DIR with the config saved there; drop CONFIG.yaml",
+                param_hint="--resume",
+            )
+        config, overrides = None, [str(config), *overrides]
+    if resume is not None and overwrite:
+        raise typer.BadParameter(
+            "--resume and --overwrite exclude each other", param_hint="--resume"
+        )
+    if resume is None and config is None:
+        raise typer.BadParameter(
+            "give a CONFIG.yaml, or --resume RUN_DIR", param_hint="CONFIG.yaml"
+        )
+    run_training(config, overrides, resume=resume, overwrite=overwrite)
+
+
+if __name__ == "__main__":
+    app()
