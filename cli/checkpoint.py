@@ -1,0 +1,325 @@
+"""The run folder: resolved config, classes, metrics, weights and the resumable trainer state.
+
+A run folder holds:
+
+- `config.yaml`: the resolved config (defaults filled in, overrides applied);
+- `classes.json`: the class names, indexed by label;
+- `metrics.jsonl`: a row per `run.log_every` training steps (with "step") and per epoch;
+- `last.safetensors`, `best.safetensors`: model state dicts with torchvision's key names;
+- `trainer_state.safetensors`: everything a resume needs, in one file written in one
+  atomic step: the model's state dict (under "model."), the optimizer's and
+  scheduler's state dicts and the loop's position, best metric and RNG state
+  (tensors under "optimizer." / "scheduler.", the rest as JSON in the metadata).
+
+Every file is replaced atomically (a temporary file, then os.replace), so a
+failed write (full disk, Ctrl-C pressed twice) leaves the previous version whole.
+`last.safetensors` is for people; a resume reads only `trainer_state.safetensors`,
+so the weights and the optimizer state it restores always belong together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors
+import yaml
+
+import engine
+from cli.config import Config, config_to_dict, load_config
+from cli.errors import ConfigError, FinetuneError
+from engine.io import save_safetensors
+
+CONFIG = "config.yaml"
+CLASSES = "classes.json"
+METRICS = "metrics.jsonl"
+LAST = "last.safetensors"
+BEST = "best.safetensors"
+TRAINER_STATE = "trainer_state.safetensors"
+RUN_FILES = (CONFIG, CLASSES, METRICS, LAST, BEST, TRAINER_STATE)
+_FORMAT = "finetune.trainer_state.v1"
+RESUMABLE_CHANGES = ("schedule.epochs", "run.log_every", "run.checkpoint_every", "data.num_workers")
+
+
+class RunFolderError(FinetuneError):
+    """A run folder that cannot be used as asked; the message says what to do instead."""
+
+    exit_code = 2
+
+
+@dataclass
+class Tally:
+    """Sums over some training batches: loss (mean per batch times its size), hits, images, time."""
+
+    loss: float = 0.0
+    correct: int = 0
+    images: int = 0
+    seconds: float = 0.0
+
+    def add(self, loss: float, correct: int, images: int, seconds: float = 0.0) -> None:
+        self.loss += loss * images
+        self.correct += correct
+        self.images += images
+        self.seconds += seconds
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss / max(self.images, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.images, 1)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class TrainerState:
+    """Where training stands, besides the model, optimizer and scheduler.
+
+    `epoch` is the epoch in progress, counted from 0, and `batch` how many of
+    its training batches are done; at an epoch boundary `epoch` is the number
+    of epochs completed and `batch` is 0. `tally` sums the epoch so far.
+    """
+
+    data_seed: int
+    data_identity: str
+    epoch: int = 0
+    batch: int = 0
+    global_step: int = 0
+    best_accuracy: float | None = None
+    best_epoch: int | None = None
+    tally: Tally = field(default_factory=Tally)
+    rng: dict[str, Any] = field(default_factory=dict)
+
+    def start_next_epoch(self) -> None:
+        self.epoch, self.batch, self.tally = self.epoch + 1, 0, Tally()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainerState:
+        return cls(**{**data, "tally": Tally(**data["tally"])})
+
+
+@dataclass
+class Checkpoint:
+    """The state a resume restores, as the engine's state dicts plus the trainer state."""
+
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    trainer: TrainerState
+
+
+class RunFolder:
+    """One training run's folder; see the module docstring for what it holds."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def for_new_run(cls, path: Path, overwrite: bool) -> RunFolder:
+        """The folder for a new run; refuses one holding files unless `overwrite`.
+
+        Nothing is written yet: call `start` once the run's inputs are known to be good.
+        """
+        folder = cls(path)
+        if path.exists() and not path.is_dir():
+            raise RunFolderError(f"run.output_dir {path} is a file; choose a folder")
+        if not overwrite and path.is_dir() and any(path.iterdir()):
+            raise RunFolderError(
+                f"the run folder {path} is not empty. To start over there, add --overwrite; "
+                f"to continue that run, use finetune train --resume {path}; "
+                "or choose another folder with run.output_dir=PATH"
+            )
+        return folder
+
+    @classmethod
+    def for_resume(cls, path: Path) -> RunFolder:
+        """An existing run folder holding a trainer state to continue from."""
+        folder = cls(path)
+        if not path.is_dir():
+            raise RunFolderError(f"--resume {path}: no such run folder")
+        if not (path / TRAINER_STATE).is_file():
+            raise RunFolderError(
+                f"--resume {path}: no {TRAINER_STATE} there, so there is nothing to resume "
+                "(a run saves it after its first epoch or when stopped with Ctrl-C)"
+            )
+        return folder
+
+    def start(self, config: Config, class_names: list[str]) -> None:
+        """Create the folder, clear files of an earlier run, and write the config and classes."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        self.save_config(config)
+        write_atomic(self.path / CLASSES, json.dumps(class_names) + "\n")
+
+    def load_config(self, overrides: Sequence[str] = ()) -> Config:
+        """The run's saved config, with the overrides a resume allows, saved back if changed.
+
+        The output folder is this folder, wherever it is now.
+        """
+        path = self.path / CONFIG
+        saved = load_config(path)
+        config = load_config(path, overrides) if overrides else saved
+        problems = [
+            f"{key}: cannot change when resuming (the run's saved state fixes it); "
+            f"only {', '.join(RESUMABLE_CHANGES)} can; start a new run to change the rest"
+            for key in _changed_keys(config_to_dict(saved), config_to_dict(config))
+            if key not in RESUMABLE_CHANGES
+        ]
+        if config.schedule.epochs != saved.schedule.epochs and saved.schedule.scheduler == "cosine":
+            problems.append(
+                "schedule.epochs: a cosine schedule is fitted to the number of epochs, "
+                "so it cannot change when resuming"
+            )
+        if problems:
+            raise ConfigError(problems)
+        if config != saved:
+            self.save_config(config)
+        run = dataclasses.replace(config.run, output_dir=self.path)
+        return dataclasses.replace(config, run=run)
+
+    def save_config(self, config: Config) -> None:
+        text = yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
+        write_atomic(self.path / CONFIG, text)
+
+    def append_metrics(self, row: Mapping[str, Any]) -> None:
+        with open(self.path / METRICS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """The rows of metrics.jsonl (none if it does not exist)."""
+        path = self.path / METRICS
+        if not path.exists():
+            return []
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def keep_metrics(self, keep: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """Drop the metrics rows `keep` rejects (those written after the checkpoint resumed
+        from), and return the rows kept."""
+        rows = [row for row in self.metrics() if keep(row)]
+        write_atomic(self.path / METRICS, "".join(json.dumps(row) + "\n" for row in rows))
+        return rows
+
+    def save_weights(self, name: str, state_dict: Mapping[str, Any]) -> Path:
+        """Save a model state dict as `name` (LAST or BEST) in the folder, atomically."""
+        path = self.path / name
+        save_safetensors(state_dict, path)
+        return path
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Write the trainer state file in one atomic step."""
+        tensors: dict[str, np.ndarray] = {}
+        for name, value in checkpoint.model.items():
+            tensors[f"model.{name}"] = _array(value)
+        state = {
+            "optimizer": _pack(checkpoint.optimizer, "optimizer", tensors),
+            "scheduler": _pack(checkpoint.scheduler, "scheduler", tensors),
+            "trainer": dataclasses.asdict(checkpoint.trainer),
+        }
+        metadata = {"format": _FORMAT, "state": json.dumps(state)}
+        save_safetensors(tensors, self.path / TRAINER_STATE, metadata=metadata)
+
+    def load_checkpoint(self) -> Checkpoint:
+        path = self.path / TRAINER_STATE
+        try:
+            with safetensors.safe_open(str(path), framework="numpy") as f:
+                metadata = f.metadata() or {}
+                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+            if metadata.get("format") != _FORMAT:
+                raise ValueError(f"expected format {_FORMAT}, got {metadata.get('format')}")
+            state = json.loads(metadata["state"])
+            trainer = TrainerState.from_dict(state["trainer"])
+        except (OSError, ValueError, KeyError, TypeError, safetensors.SafetensorError) as exc:
+            raise RunFolderError(
+                f"{path} is unreadable or corrupt ({exc}); it cannot be resumed"
+            ) from None
+        model = {
+            name.removeprefix("model."): engine.from_numpy(array)
+            for name, array in tensors.items()
+            if name.startswith("model.")
+        }
+        return Checkpoint(
+            model=model,
+            optimizer=_unpack(state["optimizer"], tensors),
+            scheduler=_unpack(state["scheduler"], tensors),
+            trainer=trainer,
+        )
+
+
+def _changed_keys(old: Any, new: Any, key: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            changed
+            for name in old
+            for changed in _changed_keys(old[name], new[name], f"{key}.{name}" if key else name)
+        ]
+    return [] if old == new else [key]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` through a temporary file; on failure the old file stays."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+# A state dict as JSON plus named arrays: each tensor becomes {"$tensor": name} (an
+# engine Tensor) or {"$array": name} (a NumPy array), and a dict with keys other
+# than strings (the optimizer's per-parameter state) becomes {"$items": [[key, value]]}.
+
+
+def _array(value: Any) -> np.ndarray:
+    return value.detach().numpy() if isinstance(value, engine.Tensor) else np.asarray(value)
+
+
+def _pack(value: Any, name: str, tensors: dict[str, np.ndarray]) -> Any:
+    if isinstance(value, (engine.Tensor, np.ndarray)):
+        tensors[name] = _array(value)
+        return {"$tensor" if isinstance(value, engine.Tensor) else "$array": name}
+    if isinstance(value, Mapping):
+        if all(isinstance(key, str) for key in value):
+            return {key: _pack(item, f"{name}.{key}", tensors) for key, item in value.items()}
+        return {
+            "$items": [[key, _pack(item, f"{name}.{key}", tensors)] for key, item in value.items()]
+        }
+    if isinstance(value, (list, tuple)):
+        return [_pack(item, f"{name}.{i}", tensors) for i, item in enumerate(value)]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _unpack(value: Any, tensors: Mapping[str, np.ndarray]) -> Any:
+    if isinstance(value, dict):
+        if "$tensor" in value:
+            return engine.from_numpy(np.array(tensors[value["$tensor"]]))
+        if "$array" in value:
+            return np.array(tensors[value["$array"]])
+        if "$items" in value:
+            return {key: _unpack(item, tensors) for key, item in value["$items"]}
+        return {key: _unpack(item, tensors) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unpack(item, tensors) for item in value]
+    return value
