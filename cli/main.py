@@ -165,5 +165,27 @@ def train(
     run_training(config, overrides, resume=resume, overwrite=overwrite)
 
 
+@verb(
+    "finetune gradcheck                           # every op, layer and block",
+    "finetune gradcheck --op conv2d --op batch_norm",
+)
+def gradcheck(
+    op: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--op",
+            metavar="NAME",
+            help="Check only this op and its variants (conv2d: conv2d[groups], ...); repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
+) -> None:
+    """Check the gradient of every differentiable op, layer and block by finite differences."""
+    from cli.gradcheck import run
+
+    run(op, seed)
+
+
 if __name__ == "__main__":
     app()
