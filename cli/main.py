@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
@@ -185,6 +185,46 @@ def gradcheck(
     from cli.gradcheck import run
 
     run(op, seed)
+
+
+@verb(
+    "finetune inspect-model --arch resnet18 --num-classes 10",
+    "finetune inspect-model configs/resnet18-linear-probe.yaml   # trainable vs frozen",
+    "finetune inspect-model configs/quickstart.yaml --input-size 64",
+)
+def inspect_model(
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="CONFIG.yaml",
+            help="Build the model as this config's model section says (weights, freeze rules).",
+            show_default=False,
+        ),
+    ] = None,
+    arch: Annotated[
+        Literal["resnet18", "resnet34", "resnet50"] | None,
+        typer.Option("--arch", help="The architecture (default: the config's, else resnet18)."),
+    ] = None,
+    num_classes: Annotated[
+        int | None,
+        typer.Option(
+            "--num-classes", min=1, help="Outputs of the head (default: the config's, else 1000)."
+        ),
+    ] = None,
+    input_size: Annotated[
+        int | None,
+        typer.Option(
+            "--input-size",
+            min=1,
+            metavar="PIXELS",
+            help="Side of the input image (default: the config's data.image_size, else 224).",
+        ),
+    ] = None,
+) -> None:
+    """Show a model: its tree as torch prints it, parameters (trainable or frozen), MACs."""
+    from cli.inspect import inspect_model as show
+
+    show(config, arch, num_classes, input_size)
 
 
 if __name__ == "__main__":
