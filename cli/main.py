@@ -227,5 +227,75 @@ def inspect_model(
     show(config, arch, num_classes, input_size)
 
 
+weights_app = typer.Typer(
+    help="Get pretrained weights: fetch torchvision's official files, or import a local .pth.",
+    no_args_is_help=True,
+)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command(
+    "fetch",
+    epilog="\n".join(
+        [
+            "[bold]Examples[/bold]",
+            "finetune weights fetch resnet18       # -> weights/resnet18-f37072fd.safetensors",
+            "finetune weights fetch resnet50 --dir ~/models",
+        ]
+    ),
+)
+@_reporting_errors
+def weights_fetch(
+    arch: Annotated[
+        Literal["resnet18", "resnet34", "resnet50"],
+        typer.Argument(help="Which ImageNet weights to download.", show_default=False),
+    ],
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where to store the .pth and the .safetensors.")
+    ] = Path("weights"),
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="Download from this URL (a mirror); its file name must carry the hash prefix.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Download torchvision's ImageNet weights, check their SHA-256, convert to safetensors."""
+    from cli.weights import fetch
+
+    fetch(arch, directory, url)
+
+
+@weights_app.command(
+    "import",
+    epilog="\n".join(
+        [
+            "[bold]Examples[/bold]",
+            "finetune weights import ~/Downloads/resnet18-f37072fd.pth",
+            "finetune weights import checkpoint.pth --out weights/mine.safetensors",
+        ]
+    ),
+)
+@_reporting_errors
+def weights_import(
+    file: Annotated[
+        Path,
+        typer.Argument(metavar="FILE.pth", help="A torch.save state dict.", show_default=False),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", metavar="FILE", help="The safetensors file (default: FILE with .safetensors)."
+        ),
+    ] = None,
+) -> None:
+    """Convert a .pth you already have to safetensors (checking the hash its name carries)."""
+    from cli.weights import import_file
+
+    import_file(file, out)
+
+
 if __name__ == "__main__":
     app()
