@@ -1,0 +1,166 @@
+"""`finetune evaluate`: accuracy, loss, per-class precision and recall, and the confusion matrix.
+
+The images are the validation split the config defines (the same split
+training used, drawn from `run.seed`); the loss is training's criterion
+(cross-entropy with `schedule.label_smoothing`), so a run folder's figures
+match its `metrics.jsonl` for the epoch that gave `best.safetensors`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+import engine
+from cli.build import ARCHS
+from cli.checkpoint import BEST, CONFIG, RunFolderError
+from cli.config import Config, ModelConfig, load_config
+from cli.data import DataLoader, build_datasets
+from cli.errors import ConfigError, FinetuneError
+from engine import nn
+from engine.io import load_state_dict_file
+from engine.nn import functional as F
+
+MAX_MATRIX_CLASSES = 20  # wider confusion matrices do not fit a terminal
+
+
+def load_run_config(folder: Path) -> Config:
+    """A run folder's saved config, without requiring its input files (data, weights) to exist."""
+    path = folder / CONFIG
+    if not folder.is_dir():
+        raise RunFolderError(f"{folder}: no such run folder")
+    if not path.is_file():
+        raise RunFolderError(f"{folder} is not a run folder: it has no {CONFIG}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise RunFolderError(f"cannot read the run's config {path}: {exc}") from None
+    config = Config.from_dict(data, source=str(path), base_dir=folder, check_files=False)
+    return dataclasses.replace(config, run=dataclasses.replace(config.run, output_dir=folder))
+
+
+def run_weights(folder: Path, weights: Path | None) -> Path:
+    """`weights` if given, else the run's best.safetensors."""
+    if weights is not None:
+        return weights
+    if not (folder / BEST).is_file():
+        raise RunFolderError(
+            f"{folder}: no {BEST} there (a run writes it after its first epoch); "
+            "train longer, or pass --weights FILE"
+        )
+    return folder / BEST
+
+
+def load_model(cfg: ModelConfig, weights: Path) -> nn.Module:
+    """The trained network in eval mode: `cfg.arch` with `cfg.num_classes` outputs, exactly."""
+    model = ARCHS[cfg.arch](num_classes=cfg.num_classes)
+    try:
+        model.load_state_dict(load_state_dict_file(weights))
+    except RuntimeError as exc:
+        raise FinetuneError(
+            f"{weights} does not fit {cfg.arch} with {cfg.num_classes} classes: {exc}\n"
+            "Pass the weights of a trained run (its best.safetensors), or the run folder itself"
+        ) from None
+    return model.eval()
+
+
+def check_classes(cfg: ModelConfig, class_names: list[str]) -> None:
+    if len(class_names) != cfg.num_classes:
+        raise ConfigError(
+            [
+                f"model.num_classes: is {cfg.num_classes}, but the data has "
+                f"{len(class_names)} classes; set model.num_classes={len(class_names)}"
+            ]
+        )
+
+
+def confusion_and_loss(
+    model: nn.Module, loader: DataLoader, num_classes: int, smoothing: float
+) -> tuple[np.ndarray, float]:
+    """The confusion matrix (rows: true class, columns: predicted) and the mean loss."""
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    loss_sum = 0.0
+    columns = ("evaluating", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("evaluating", total=len(loader))
+        with engine.no_grad():
+            for images, labels in loader:
+                logits = model(engine.from_numpy(images))
+                loss = F.cross_entropy(logits, engine.from_numpy(labels), label_smoothing=smoothing)
+                loss_sum += loss.item() * len(labels)
+                np.add.at(confusion, (labels, logits.argmax(dim=1).numpy()), 1)
+                bar.advance(task)
+    return confusion, loss_sum / max(int(confusion.sum()), 1)
+
+
+def _ratio(numerator: int, denominator: int) -> str:
+    return f"{numerator / denominator:.1%}" if denominator else "-"
+
+
+def class_table(confusion: np.ndarray, class_names: list[str]) -> Table:
+    """Precision and recall of each class, with how many images it has and got predicted."""
+    table = Table(title="Per class")
+    for column in ("class", "images", "predicted", "precision", "recall"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for k, name in enumerate(class_names):
+        hits, actual, predicted = confusion[k, k], confusion[k].sum(), confusion[:, k].sum()
+        figures = (str(actual), str(predicted), _ratio(hits, predicted), _ratio(hits, actual))
+        table.add_row(escape(name), *figures)
+    return table
+
+
+def matrix_table(confusion: np.ndarray, class_names: list[str]) -> Table:
+    """The confusion matrix, true classes down, predicted across, the diagonal in green."""
+    table = Table(title="Confusion matrix")
+    table.add_column("true \\ predicted")
+    for name in class_names:
+        table.add_column(escape(name), justify="right")
+    for k, name in enumerate(class_names):
+        cells = [
+            f"[green]{n}[/]" if j == k else (f"[red]{n}[/]" if n else "[dim]0[/]")
+            for j, n in enumerate(confusion[k])
+        ]
+        table.add_row(escape(name), *cells)
+    return table
+
+
+def evaluate(target: Path, weights: Path | None = None, console: Console | None = None) -> None:
+    """Evaluate a run folder (its best weights) or a config (with `weights`) on the val split."""
+    console = console or Console()
+    if target.is_dir():
+        config = load_run_config(target)
+        weights = run_weights(target, weights)
+    else:
+        config = load_config(target, check_files=False)
+        weights = weights or config.model.weights
+        if weights is None:
+            raise ConfigError([f"{target}: model.weights is not set; pass --weights FILE"])
+    _, val_set, class_names = build_datasets(config.data, config.run.seed)
+    check_classes(config.model, class_names)
+    if len(val_set) == 0:
+        raise FinetuneError(
+            "no validation images: set data.val_fraction above 0 or add a val/ folder"
+        )
+    model = load_model(config.model, weights)
+    data = config.data
+    loader = DataLoader(val_set, data.batch_size, False, config.run.seed, data.num_workers)
+    smoothing = config.schedule.label_smoothing
+    confusion, loss = confusion_and_loss(model, loader, len(class_names), smoothing)
+    summary = Table(title="Evaluation", show_header=False)
+    summary.add_row("weights", str(weights))
+    summary.add_row("images", f"{int(confusion.sum()):,} (validation split)")
+    summary.add_row("accuracy", _ratio(int(np.trace(confusion)), int(confusion.sum())))
+    summary.add_row("loss", f"{loss:.4f} (cross-entropy, label smoothing {smoothing:g})")
+    console.print(summary)
+    console.print(class_table(confusion, class_names))
+    if len(class_names) <= MAX_MATRIX_CLASSES:
+        console.print(matrix_table(confusion, class_names))
+    else:
+        console.print(f"(confusion matrix left out: more than {MAX_MATRIX_CLASSES} classes)")
