@@ -297,5 +297,57 @@ def weights_import(
     import_file(file, out)
 
 
+@verb(
+    "finetune evaluate runs/quickstart-20260101-120000          # a run's best weights",
+    "finetune evaluate configs/quickstart.yaml --weights runs/q/last.safetensors",
+)
+def evaluate(
+    target: Annotated[
+        Path,
+        typer.Argument(
+            metavar="CONFIG_OR_RUN",
+            help="A run folder (uses its config and best.safetensors) or a config.",
+            show_default=False,
+        ),
+    ],
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights",
+            metavar="FILE",
+            help="Weights to evaluate (default: the run's best, or the config's model.weights).",
+        ),
+    ] = None,
+) -> None:
+    """Accuracy, loss, per-class precision and recall, and the confusion matrix on the val split."""
+    from cli.evaluate import evaluate as run_evaluation
+
+    run_evaluation(target, weights)
+
+
+@verb(
+    "finetune predict runs/quickstart-20260101-120000 photo.jpg",
+    "finetune predict runs/my-run images/*.png --top-k 3",
+)
+def predict(
+    run_dir: Annotated[
+        Path, typer.Argument(metavar="RUN_DIR", help="A training run folder.", show_default=False)
+    ],
+    images: Annotated[
+        list[Path],
+        typer.Argument(metavar="IMAGE...", help="Image files to classify.", show_default=False),
+    ],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes shown per image.")] = 5,
+    weights: Annotated[
+        Path | None,
+        typer.Option("--weights", metavar="FILE", help="Other weights (default: the run's best)."),
+    ] = None,
+) -> None:
+    """Classify images with a trained run's model: the top-k classes and their probabilities."""
+    from cli.predict import predict as run_prediction
+
+    run_prediction(run_dir, images, top_k, weights)
+
+
 if __name__ == "__main__":
     app()
