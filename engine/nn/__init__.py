@@ -1,9 +1,7 @@
 """Neural-network layers, as ``torch.nn``: ``Module``, ``Parameter``, the layers, and the
 ``functional``, ``init`` and ``utils`` submodules."""
 
-import importlib.util
-
-from engine.nn import functional, init
+from engine.nn import functional, init, utils
 from engine.nn.modules import (
     AdaptiveAvgPool2d,
     AvgPool2d,
@@ -23,9 +21,6 @@ from engine.nn.modules import (
     Sequential,
 )
 from engine.nn.parameter import Parameter
-
-if importlib.util.find_spec("engine.nn.utils") is not None:  # lands separately
-    from engine.nn import utils
 
 __all__ = [
     "AdaptiveAvgPool2d",

@@ -1,0 +1,160 @@
+"""ResNet-18/34/50 with torchvision's module tree, names, initialisation and forward.
+
+Because names and shapes are torchvision's, its state dicts load unchanged and ours load back
+into torchvision.
+"""
+
+from __future__ import annotations
+
+import os
+
+from engine import nn
+from engine.io import load_state_dict_file
+from engine.tensor import Tensor
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a shortcut (ResNet-18/34)."""
+
+    expansion = 1
+
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (strided), 1x1 expand by 4, with a shortcut (ResNet-50 and up)."""
+
+    expansion = 4
+
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv1x1(inplanes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+Block = type[BasicBlock] | type[Bottleneck]
+
+
+class ResNet(nn.Module):
+    """Stem (7x7 conv, max pool), four stages of ``layers[i]`` blocks, global pool, linear head.
+
+    Convolutions get kaiming_normal_(fan_out, relu), BatchNorm weight 1 and bias 0; with
+    ``zero_init_residual`` the last BatchNorm of each block starts at 0, as in torchvision.
+    """
+
+    def __init__(
+        self,
+        block: Block,
+        layers: list[int],
+        num_classes: int = 1000,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        self.inplanes = 64
+        self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, 64, layers[0])
+        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(512 * block.expansion, num_classes)
+
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.constant_(module.weight, 1)
+                nn.init.constant_(module.bias, 0)
+        if zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, Bottleneck):
+                    nn.init.constant_(module.bn3.weight, 0)
+                elif isinstance(module, BasicBlock):
+                    nn.init.constant_(module.bn2.weight, 0)
+
+    def _make_layer(self, block: Block, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                conv1x1(self.inplanes, planes * block.expansion, stride),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.avgpool(x).flatten(1)
+        return self.fc(x)
+
+
+def _resnet(
+    block: Block,
+    layers: list[int],
+    weights: str | os.PathLike | None,
+    num_classes: int,
+) -> ResNet:
+    """Build, then load ``weights`` (a torchvision state dict in safetensors or ``.pth``)
+    strictly: a head of another size raises torch's size-mismatch error."""
+    model = ResNet(block, layers, num_classes=num_classes)
+    if weights is not None:
+        model.load_state_dict(load_state_dict_file(weights))
+    return model
+
+
+def resnet18(*, weights: str | os.PathLike | None = None, num_classes: int = 1000) -> ResNet:
+    return _resnet(BasicBlock, [2, 2, 2, 2], weights, num_classes)
+
+
+def resnet34(*, weights: str | os.PathLike | None = None, num_classes: int = 1000) -> ResNet:
+    return _resnet(BasicBlock, [3, 4, 6, 3], weights, num_classes)
+
+
+def resnet50(*, weights: str | os.PathLike | None = None, num_classes: int = 1000) -> ResNet:
+    return _resnet(Bottleneck, [3, 4, 6, 3], weights, num_classes)

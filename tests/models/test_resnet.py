@@ -1,0 +1,293 @@
+"""ResNets: torchvision's tree, names, sizes and init; forward, gradients, BatchNorm statistics
+and weight loading against a torch reference built here from torch.nn layers."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import engine
+from engine import nn
+from engine.autograd import gradcheck
+from engine.models import BasicBlock, Bottleneck, resnet18, resnet34, resnet50
+
+ARCHS = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet34": ("basic", [3, 4, 6, 3])}
+ARCHS["resnet50"] = ("bottleneck", [3, 4, 6, 3])
+BUILDERS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
+
+
+def torch_resnet(torch, arch: str, num_classes: int = 1000):  # noqa: ANN001, ANN201
+    """torchvision's ResNet rebuilt from torch.nn layers (torchvision is not installed)."""
+    tnn = torch.nn
+    kind, layers = ARCHS[arch]
+
+    def conv(cin: int, cout: int, k: int, stride: int = 1):  # noqa: ANN202
+        return tnn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
+
+    class BasicBlock(tnn.Module):
+        expansion = 1
+
+        def __init__(self, cin: int, planes: int, stride: int, downsample) -> None:  # noqa: ANN001
+            super().__init__()
+            self.conv1 = conv(cin, planes, 3, stride)
+            self.bn1 = tnn.BatchNorm2d(planes)
+            self.relu = tnn.ReLU(inplace=True)
+            self.conv2 = conv(planes, planes, 3)
+            self.bn2 = tnn.BatchNorm2d(planes)
+            self.downsample = downsample
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+            return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+    class Bottleneck(tnn.Module):
+        expansion = 4
+
+        def __init__(self, cin: int, planes: int, stride: int, downsample) -> None:  # noqa: ANN001
+            super().__init__()
+            self.conv1 = conv(cin, planes, 1)
+            self.bn1 = tnn.BatchNorm2d(planes)
+            self.conv2 = conv(planes, planes, 3, stride)
+            self.bn2 = tnn.BatchNorm2d(planes)
+            self.conv3 = conv(planes, planes * 4, 1)
+            self.bn3 = tnn.BatchNorm2d(planes * 4)
+            self.relu = tnn.ReLU(inplace=True)
+            self.downsample = downsample
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn3(self.conv3(self.relu(self.bn2(self.conv2(out)))))
+            return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+    block = BasicBlock if kind == "basic" else Bottleneck
+
+    class ResNet(tnn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = tnn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            self.bn1 = tnn.BatchNorm2d(64)
+            self.relu = tnn.ReLU(inplace=True)
+            self.maxpool = tnn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+            cin = 64
+            for i, (planes, count) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
+                stride = 1 if i == 0 else 2
+                cout = planes * block.expansion
+                down = None
+                if stride != 1 or cin != cout:
+                    down = tnn.Sequential(conv(cin, cout, 1, stride), tnn.BatchNorm2d(cout))
+                blocks = [block(cin, planes, stride, down)]
+                blocks += [block(cout, planes, 1, None) for _ in range(count - 1)]
+                setattr(self, f"layer{i + 1}", tnn.Sequential(*blocks))
+                cin = cout
+            self.avgpool = tnn.AdaptiveAvgPool2d((1, 1))
+            self.fc = tnn.Linear(512 * block.expansion, num_classes)
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    torch.manual_seed(0)
+    model = ResNet()
+    with torch.no_grad():  # non-trivial BatchNorm state, so that copying it is tested
+        for module in model.modules():
+            if isinstance(module, tnn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def torch_state_as_numpy(model) -> dict:  # noqa: ANN001
+    return {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+
+def pair(torch, arch: str, num_classes: int = 1000):  # noqa: ANN001, ANN201
+    """Our model and the torch reference, with the reference's weights copied into ours."""
+    theirs = torch_resnet(torch, arch, num_classes)
+    ours = BUILDERS[arch](num_classes=num_classes)
+    ours.load_state_dict(torch_state_as_numpy(theirs))
+    return ours, theirs
+
+
+def images(rng: np.random.Generator, batch: int = 2) -> np.ndarray:
+    """32x32 images: with a batch of 4, layer4's BatchNorm still averages over 4 values."""
+    return rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+
+
+def count(model) -> int:  # noqa: ANN001
+    return sum(p.numel() for p in model.parameters())
+
+
+def assert_close(got, expected, name: str = "", tol: float = 1e-4) -> None:  # noqa: ANN001
+    np.testing.assert_allclose(got, expected, rtol=tol, atol=tol, err_msg=name)
+
+
+# ------------------------------------------------------------------ structure
+def test_resnet18_has_torchvisions_parameter_count():
+    assert count(resnet18()) == 11_689_512
+    assert count(resnet18(num_classes=10)) == 11_181_642
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_repr_matches_torch_line_for_line(torch, arch):
+    expected = re.sub(r", bias=\w+, track", ", track", repr(torch_resnet(torch, arch)))
+    got = repr(BUILDERS[arch]())
+    assert got.splitlines() == expected.splitlines()
+    assert "BatchNorm2d(64, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)" in got
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_state_dict_names_shapes_and_count_match_torch(torch, arch):
+    ours, theirs = BUILDERS[arch](num_classes=7), torch_resnet(torch, arch, num_classes=7)
+    got = [(k, tuple(v.shape), v.dtype.name) for k, v in ours.state_dict().items()]
+    expected = [(k, tuple(v.shape), str(v.dtype)[6:]) for k, v in theirs.state_dict().items()]
+    assert got == expected
+    assert count(ours) == count(theirs)
+
+
+def test_default_init_follows_torchvision():
+    engine.manual_seed(0)
+    model = resnet18()
+    weight = model.layer3[0].conv1.weight.detach().numpy()
+    std = (2 / (weight.shape[0] * 9)) ** 0.5  # kaiming_normal_, fan_out, relu
+    assert abs(weight.std() / std - 1) < 0.02
+    bn = model.layer1[1].bn2
+    assert (bn.weight.detach().numpy() == 1).all() and (bn.bias.detach().numpy() == 0).all()
+    bound = 1 / 512**0.5  # fc keeps Linear's default
+    assert np.abs(model.fc.weight.detach().numpy()).max() <= bound
+    assert isinstance(model.layer2[0].downsample, nn.Sequential)
+    assert model.layer1[0].downsample is None and "downsample" not in model.layer1[0]._modules
+
+
+def test_zero_init_residual_zeroes_the_last_norm_of_each_block():
+    from engine.models.resnet import ResNet
+
+    model = ResNet(Bottleneck, [1, 1, 1, 1], num_classes=3, zero_init_residual=True)
+    assert all((block.bn3.weight.detach().numpy() == 0).all() for block in model.layer2)
+    assert (model.layer2[0].bn1.weight.detach().numpy() == 1).all()
+
+
+# ------------------------------------------------------------------ numbers
+@pytest.mark.torch
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_eval_logits_match_torch(torch, rng, arch):
+    ours, theirs = pair(torch, arch)
+    x = images(rng)
+    got = ours.eval()(engine.tensor(x)).detach().numpy()
+    with torch.no_grad():
+        expected = theirs.eval()(torch.from_numpy(x)).numpy()
+    assert got.shape == (2, 1000)
+    assert_close(got, expected)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_training_step_matches_torch(torch, rng, dtype):
+    """Loss, gradients and BatchNorm statistics after one step in training mode.
+
+    In float32 only the head's gradients are compared: deeper ones pass through ReLUs whose
+    mask either library's round-off can flip where an activation is within ~1e-5 of zero (at
+    this input torch's own float32 gradients differ from its float64 ones by 18% on one bias).
+    float64 checks every gradient.
+    """
+    ours, theirs = pair(torch, "resnet18", num_classes=10)
+    x, target = images(rng, 4).astype(dtype), np.array([3, 7, 0, 9])
+    if dtype == "float64":
+        ours.double()
+        theirs.double()
+    tol = 1e-4 if dtype == "float32" else 1e-9
+    loss = nn.CrossEntropyLoss()(ours(engine.tensor(x)), engine.tensor(target))
+    expected = torch.nn.CrossEntropyLoss()(theirs(torch.from_numpy(x)), torch.from_numpy(target))
+    loss.backward()
+    expected.backward()
+    assert_close(loss.item(), expected.item(), tol=tol)
+    reference = dict(theirs.named_parameters())
+    for name, param in ours.named_parameters():
+        if dtype == "float64" or name.startswith("fc."):
+            assert_close(param.grad.numpy(), reference[name].grad.numpy(), name, tol)
+    reference = theirs.state_dict()
+    for name, value in ours.state_dict().items():
+        assert_close(value.numpy(), reference[name].numpy(), name, tol)
+
+
+@pytest.mark.torch
+def test_frozen_backbone_trains_only_the_new_head(torch, rng):
+    ours, theirs = pair(torch, "resnet18")
+    for model in (ours, theirs):
+        for param in model.parameters():
+            param.requires_grad = False
+    theirs.fc = torch.nn.Linear(512, 10)
+    ours.fc = nn.Linear(512, 10)
+    ours.fc.load_state_dict(torch_state_as_numpy(theirs.fc))
+    assert list(ours.state_dict())[-2:] == ["fc.weight", "fc.bias"]
+    x, target = images(rng, 4), np.array([1, 9, 2, 2])
+    nn.CrossEntropyLoss()(ours(engine.tensor(x)), engine.tensor(target)).backward()
+    loss = torch.nn.CrossEntropyLoss()(theirs(torch.from_numpy(x)), torch.from_numpy(target))
+    loss.backward()
+    trainable = [name for name, p in ours.named_parameters() if p.requires_grad]
+    assert trainable == ["fc.weight", "fc.bias"]
+    assert all(p.grad is None for name, p in ours.named_parameters() if name not in trainable)
+    assert_close(ours.fc.weight.grad.numpy(), theirs.fc.weight.grad.numpy())
+    assert_close(ours.fc.bias.grad.numpy(), theirs.fc.bias.grad.numpy())
+    assert_close(ours.bn1.running_mean.numpy(), theirs.bn1.running_mean.numpy())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: BasicBlock(4, 4),
+        lambda: Bottleneck(
+            4,
+            2,
+            stride=2,
+            downsample=nn.Sequential(nn.Conv2d(4, 8, 1, 2, bias=False), nn.BatchNorm2d(8)),
+        ),
+    ],
+    ids=["basic", "bottleneck-downsample"],
+)
+def test_block_gradcheck_in_training_mode(rng, make):
+    block = make().double().train()
+    for module in block.modules():  # away from ReLU kinks at zero-initialised BatchNorm shifts
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+            nn.init.uniform_(module.bias, -0.5, 0.5)
+    x = engine.tensor(rng.standard_normal((2, 4, 4, 4)), requires_grad=True)
+    assert gradcheck(lambda x, *params: block(x), (x, *block.parameters()))
+
+
+# ------------------------------------------------------------------ weights files
+@pytest.mark.torch
+def test_weights_from_safetensors_and_pth_reproduce_torch(torch, rng, tmp_path):
+    save_file = pytest.importorskip("safetensors.torch").save_file
+    theirs = torch_resnet(torch, "resnet18").eval()
+    save_file(theirs.state_dict(), tmp_path / "resnet18.safetensors")
+    torch.save(theirs.state_dict(), tmp_path / "resnet18.pth")
+    x = images(rng)
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(x)).numpy()
+    for name in ("resnet18.safetensors", "resnet18.pth"):
+        model = resnet18(weights=tmp_path / name).eval()
+        assert_close(model(engine.tensor(x)).detach().numpy(), expected, name)
+    tracked = resnet18(weights=str(tmp_path / "resnet18.safetensors")).bn1.num_batches_tracked
+    assert tracked.dtype is engine.int64 and tracked.item() == theirs.bn1.num_batches_tracked
+
+
+@pytest.mark.torch
+def test_weights_with_another_head_size_raise_torchs_error(torch, tmp_path):
+    save_file = pytest.importorskip("safetensors.torch").save_file
+    save_file(torch_resnet(torch, "resnet18").state_dict(), tmp_path / "w.safetensors")
+    with pytest.raises(RuntimeError) as error:
+        resnet18(weights=tmp_path / "w.safetensors", num_classes=10)
+    assert str(error.value) == (
+        "Error(s) in loading state_dict for ResNet:\n"
+        "\tsize mismatch for fc.weight: copying a param with shape torch.Size([1000, 512]) from "
+        "checkpoint, the shape in current model is torch.Size([10, 512]).\n"
+        "\tsize mismatch for fc.bias: copying a param with shape torch.Size([1000]) from "
+        "checkpoint, the shape in current model is torch.Size([10])."
+    )
