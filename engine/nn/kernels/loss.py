@@ -12,6 +12,7 @@ torch's weight, ignore_index and label_smoothing rules, and the gradient of the 
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,23 +29,33 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"{reduction} is not a valid value for reduction")
 
 
-def _reduce(rows: np.ndarray, reduction: str, denominator: float) -> np.ndarray:
-    if reduction == "none":
-        return rows
-    total = rows.sum()
-    if reduction == "sum":
-        return total
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.asarray(total / rows.dtype.type(denominator))
+class Reduction(NamedTuple):
+    """How per-row losses become the output: kept in ``shape`` (``"none"``), summed, or summed
+    and divided by ``denominator`` (``"mean"``)."""
 
+    kind: str
+    denominator: float
+    shape: tuple[int, ...]
 
-def _row_scale(grad: np.ndarray, reduction: str, denominator: float) -> np.ndarray:
-    """The gradient of the reduced loss with respect to each row's loss, as a column."""
-    if reduction == "none":
+    def apply(self, rows: np.ndarray) -> np.ndarray:
+        if self.kind == "none":
+            return rows.reshape(self.shape)
+        total = rows.sum()
+        if self.kind == "sum":
+            return total
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.asarray(total / rows.dtype.type(self.denominator))
+
+    def row_scale(self, grad: np.ndarray) -> np.ndarray:
+        """The gradient with respect to each row's loss, as a column (0 for a 0 denominator)."""
+        if self.kind == "mean":
+            grad = grad / grad.dtype.type(self.denominator) if self.denominator else grad * 0
         return grad.reshape(-1, 1)
-    if reduction == "mean":
-        grad = grad / grad.dtype.type(denominator) if denominator else np.zeros_like(grad)
-    return grad.reshape(1, 1)
+
+
+def _weighted_nll(coef: np.ndarray, logp: np.ndarray, reduction: Reduction) -> np.ndarray:
+    """``-sum_c Q_ic * logp_ic`` per row, reduced."""
+    return reduction.apply(-np.einsum("mc,mc->m", coef, logp))
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -61,19 +72,18 @@ class SoftmaxCrossEntropy(Op):
 
     differentiable = False
 
-    def __init__(self, reduction: str, denominator: float, backward_name: str) -> None:
-        self.reduction, self.denominator = reduction, denominator
-        self.backward_name = backward_name
+    def __init__(self, reduction: Reduction, backward_name: str) -> None:
+        self.reduction, self.backward_name = reduction, backward_name
 
     def forward(self, x: np.ndarray, dist: np.ndarray, weight: np.ndarray | None) -> np.ndarray:
         logp = _log_softmax(x)
         coef = dist if weight is None else dist * weight
         self.save_arrays(logp, coef, dist, weight)
-        return _reduce(-np.einsum("mc,mc->m", coef, logp), self.reduction, self.denominator)
+        return _weighted_nll(coef, logp, self.reduction)
 
     def backward(self, grad: np.ndarray) -> tuple:
         logp, coef, dist, weight = self.saved_arrays
-        scale = _row_scale(grad, self.reduction, self.denominator).astype(logp.dtype)
+        scale = self.reduction.row_scale(grad).astype(logp.dtype)
         need_x, need_dist, need_weight = self.needs_input_grad
         dx = ddist = dweight = None
         if need_x:
@@ -89,27 +99,40 @@ class SoftmaxCrossEntropy(Op):
 
 
 class NllLoss(Op):
-    """``(log-probabilities (M, C))`` -> loss, with the coefficient rows ``Q`` fixed."""
+    """``(log-probabilities (M, C))`` -> loss, with the coefficient rows ``Q`` fixed.
 
-    def __init__(self, coef: np.ndarray, reduction: str, denominator: float) -> None:
-        self.coef, self.reduction, self.denominator = coef, reduction, denominator
+    Linear in its input, so its backward is written with tensor ops: differentiable twice.
+    """
+
+    def __init__(self, coef: np.ndarray, reduction: Reduction) -> None:
+        self.coef, self.reduction = coef, reduction
 
     def forward(self, logp: np.ndarray) -> np.ndarray:
-        coef = self.coef.astype(logp.dtype, copy=False)
-        return _reduce(-np.einsum("mc,mc->m", coef, logp), self.reduction, self.denominator)
+        return _weighted_nll(self.coef.astype(logp.dtype, copy=False), logp, self.reduction)
 
     def backward(self, grad: Tensor) -> Tensor:
-        if self.reduction == "mean":
-            grad = grad / float(self.denominator) if self.denominator else grad * 0.0
-        column = grad.reshape(-1, 1)
-        return column * Tensor._make(-self.coef.astype(grad._data.dtype, copy=False))
+        if self.reduction.kind == "mean":
+            denominator = self.reduction.denominator
+            grad = grad / float(denominator) if denominator else grad * 0.0
+        coef = Tensor._make(-self.coef.astype(grad._data.dtype, copy=False))
+        return grad.reshape(-1, 1) * coef
 
 
-def _rows_and_classes(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...]]:
-    """Scores as ``(M, C)`` rows and class-index targets as ``(M,)``, with the per-row shape.
+def _as_rows(input: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+    """``(M, C)`` rows of scores with the class dim last, and the shape of one loss per row."""
+    if input.ndim == 1:
+        return input.reshape(1, -1), ()
+    if input.ndim == 2:
+        return input, input.shape[:1]
+    moved = input.permute(0, *range(2, input.ndim), 1)
+    return moved.reshape(-1, input.shape[1]), moved.shape[:-1]
 
-    Accepts ``(C,)`` with a 0-d target, ``(N, C)`` with ``(N,)``, and ``(N, C, d1, ...)`` with
-    ``(N, d1, ...)``, checking shapes and dtype with torch's messages.
+
+def _check_class_targets(input: Tensor, target: Tensor) -> None:
+    """Shapes and dtype of class-index targets, with torch's messages.
+
+    Accepted: ``(C,)`` scores with a 0-d target, ``(N, C)`` with ``(N,)``, and
+    ``(N, C, d1, ...)`` with ``(N, d1, ...)``; int64 or uint8.
     """
     if (target.ndim > 1 and input.ndim <= 2) or target.ndim > max(input.ndim - 1, 1):
         raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
@@ -126,23 +149,6 @@ def _rows_and_classes(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, tu
             "expected target dtype to be Long or Byte, but got "
             + scalar_type_name(target._data.dtype)
         )
-    rows, shape = _as_rows(input)
-    return rows, target.reshape(-1), shape
-
-
-def _as_rows(input: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-    """``(M, C)`` rows of scores with the class dim last, and the shape of one loss per row."""
-    if input.ndim == 1:
-        return input.reshape(1, -1), ()
-    if input.ndim == 2:
-        return input, input.shape[:1]
-    moved = input.permute(0, *range(2, input.ndim), 1)
-    return moved.reshape(-1, input.shape[1]), moved.shape[:-1]
-
-
-def _unflatten(loss: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """Per-row losses (reduction ``"none"``) back in the shape of the input without classes."""
-    return loss if loss.ndim == 0 or loss.shape == shape else loss.reshape(shape)
 
 
 def _class_weight(weight: Tensor | None, classes: int) -> np.ndarray | None:
@@ -156,35 +162,42 @@ def _class_weight(weight: Tensor | None, classes: int) -> np.ndarray | None:
     return weight._data
 
 
-def _class_coefficients(
-    target: np.ndarray,
-    classes: int,
-    weight: np.ndarray | None,
+def _class_index_rows(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
     ignore_index: int,
+    reduction: str,
     smoothing: float,
-    dtype: np.dtype,
-) -> tuple[np.ndarray, float]:
-    """The rows ``Q`` and mean denominator for class-index targets (see the module docstring)."""
-    kept = target != ignore_index
-    bad = kept & ((target < 0) | (target >= classes))
-    if bad.any():
-        raise IndexError(f"Target {target[bad][0]} is out of bounds.")
-    picked = np.where(kept, target, 0)
-    dist = np.zeros((len(target), classes), dtype)
-    dist[np.arange(len(target)), picked] = 1.0 - smoothing
-    dist += dtype.type(smoothing / classes)
-    dist *= kept[:, None]
-    row_weight = kept.astype(np.float64) if weight is None else np.where(kept, weight[picked], 0)
-    coef = dist if weight is None else dist * weight
-    return coef, float(row_weight.sum(dtype=np.float64))
-
-
-def _check_weight_frozen(weight: Tensor | None) -> None:
+) -> tuple[Tensor, np.ndarray, Reduction]:
+    """Scores as ``(M, C)`` rows, their coefficient rows ``Q`` and the reduction (see the module
+    docstring), for class-index targets."""
+    _check_reduction(reduction)
     if weight is not None and weight.requires_grad:
         raise RuntimeError(
             "The function 'nll_loss_forward' is not differentiable with respect to argument "
             "'weight'. This input cannot have requires_grad True."
         )
+    _check_class_targets(input, target)
+    rows, shape = _as_rows(input)
+    classes = rows.shape[1]
+    weight_data = _class_weight(weight, classes)
+    labels = target._data.reshape(-1).astype(np.int64)
+    kept = labels != ignore_index
+    bad = kept & ((labels < 0) | (labels >= classes))
+    if bad.any():
+        raise IndexError(f"Target {labels[bad][0]} is out of bounds.")
+    picked = np.where(kept, labels, 0)
+    dtype = rows._data.dtype
+    coef = np.full((len(labels), classes), smoothing / classes, dtype)
+    coef[np.arange(len(labels)), picked] += dtype.type(1.0 - smoothing)
+    coef *= kept[:, None]
+    if weight_data is None:
+        denominator = float(kept.sum())
+    else:
+        coef *= weight_data
+        denominator = float(np.where(kept, weight_data[picked], 0).sum(dtype=np.float64))
+    return rows, coef, Reduction(reduction, denominator, shape)
 
 
 def nll_loss(
@@ -195,20 +208,8 @@ def nll_loss(
     reduction: str = "mean",
 ) -> Tensor:
     """Negative log-likelihood of class-index targets given log-probabilities, as torch's."""
-    _check_reduction(reduction)
-    _check_weight_frozen(weight)
-    rows, classes, shape = _rows_and_classes(input, target)
-    n_classes = rows.shape[1]
-    coef, denominator = _class_coefficients(
-        classes._data,
-        n_classes,
-        _class_weight(weight, n_classes),
-        ignore_index,
-        0.0,
-        rows._data.dtype,
-    )
-    loss = NllLoss(coef, reduction, denominator)(rows)
-    return _unflatten(loss, shape)
+    rows, coef, how = _class_index_rows(input, target, weight, ignore_index, reduction, 0.0)
+    return NllLoss(coef, how)(rows)
 
 
 def cross_entropy(
@@ -224,27 +225,17 @@ def cross_entropy(
     The class dim is 1 (or 0 for an unbatched ``(C,)`` input). Probability targets have the
     input's shape and a floating dtype.
     """
-    _check_reduction(reduction)
     if not 0.0 <= label_smoothing <= 1.0:
         raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing:g}")
     if target.is_floating_point() and target.shape == input.shape:
         return _cross_entropy_probabilities(
             input, target, weight, ignore_index, reduction, label_smoothing
         )
-    _check_weight_frozen(weight)
-    rows, classes, shape = _rows_and_classes(input, target)
-    n_classes = rows.shape[1]
-    coef, denominator = _class_coefficients(
-        classes._data,
-        n_classes,
-        _class_weight(weight, n_classes),
-        ignore_index,
-        label_smoothing,
-        rows._data.dtype,
+    rows, coef, how = _class_index_rows(
+        input, target, weight, ignore_index, reduction, label_smoothing
     )
     name = "AddBackward0" if label_smoothing > 0 else "NllLossBackward0"
-    loss = SoftmaxCrossEntropy(reduction, denominator, name)(rows, coef, None)
-    return _unflatten(loss, shape)
+    return SoftmaxCrossEntropy(how, name)(rows, coef, None)
 
 
 def _cross_entropy_probabilities(
@@ -255,6 +246,7 @@ def _cross_entropy_probabilities(
     reduction: str,
     smoothing: float,
 ) -> Tensor:
+    _check_reduction(reduction)
     if ignore_index >= 0:
         raise RuntimeError("ignore_index is not supported for floating point target")
     rows, shape = _as_rows(input)
@@ -263,26 +255,26 @@ def _cross_entropy_probabilities(
     if smoothing > 0:
         dist = dist * (1.0 - smoothing) + smoothing / rows.shape[1]
     name = "DivBackward1" if reduction == "mean" else "NegBackward0"
-    loss = SoftmaxCrossEntropy(reduction, rows.shape[0], name)(rows, dist, weight)
-    return _unflatten(loss, shape)
+    how = Reduction(reduction, rows.shape[0], shape)
+    return SoftmaxCrossEntropy(how, name)(rows, dist, weight)
 
 
 class MseLoss(Op):
     """Mean squared error of two tensors broadcast together; differentiable to any order."""
 
     def __init__(self, reduction: str) -> None:
-        self.reduction = reduction
+        self.kind = reduction
 
     def forward(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
         self.save_inputs(0, 1)
         diff = x - target
         self.shapes, self.size = (x.shape, np.shape(target)), diff.size
-        return _reduce(diff * diff, self.reduction, diff.size)
+        return Reduction(self.kind, diff.size, diff.shape).apply(diff * diff)
 
     def backward(self, grad: Tensor) -> tuple:
         x, target = self.saved_tensors
         diff = x - target
-        if self.reduction == "mean":
+        if self.kind == "mean":
             grad = grad / float(self.size)
         slope = broadcast_to(grad, diff.shape) * diff * 2.0
         need_x, need_target = self.needs_input_grad
@@ -292,7 +284,9 @@ class MseLoss(Op):
         )
 
 
-def _warn_broadcast(input: Tensor, target: Tensor) -> None:
+def _check_pointwise(input: Tensor, target: Tensor, reduction: str) -> None:
+    """A valid reduction; torch's warning when the target only broadcasts to the input."""
+    _check_reduction(reduction)
     if target.shape != input.shape:
         warnings.warn(
             f"Using a target size (torch.Size({list(target.shape)})) that is different to the "
@@ -304,14 +298,12 @@ def _warn_broadcast(input: Tensor, target: Tensor) -> None:
 
 def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """Squared error ``(input - target)**2``, averaged (``"mean"``), summed or kept per element."""
-    _check_reduction(reduction)
-    _warn_broadcast(input, target)
+    _check_pointwise(input, target, reduction)
     return MseLoss(reduction)(input, target)
 
 
 def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """Absolute error ``|input - target|``, averaged (``"mean"``), summed or kept per element."""
-    _check_reduction(reduction)
-    _warn_broadcast(input, target)
+    _check_pointwise(input, target, reduction)
     error = (input - target).abs()
     return error if reduction == "none" else error.sum() if reduction == "sum" else error.mean()
