@@ -267,10 +267,9 @@ def test_linear_and_conv_default_init_is_uniform_in_fan_in_bound():
     for layer, fan_in in ((nn.Linear(400, 300), 400), (nn.Conv2d(16, 64, 5), 16 * 25)):
         bound = 1 / math.sqrt(fan_in)
         for name, param in layer.named_parameters():
-            values = param.detach().numpy()
-            assert np.abs(values).max() <= bound, name
-            assert np.abs(values).max() > 0.95 * bound, name
+            assert np.abs(param.detach().numpy()).max() <= bound, name
         weight = layer.weight.detach().numpy()
+        assert np.abs(weight).max() > 0.99 * bound
         assert abs(weight.std() - bound / math.sqrt(3)) < 0.02 * bound
         assert abs(weight.mean()) < 0.02 * bound
 
@@ -314,7 +313,7 @@ def test_fan_based_init_has_the_formula_std(fill, kwargs, fan, gain, kind):
 
 
 def test_simple_inits():
-    t = engine.empty(1000)
+    t = engine.empty(10000)
     assert (init.constant_(t, 0.5).numpy() == 0.5).all()
     assert (init.ones_(t).numpy() == 1).all() and (init.zeros_(t).numpy() == 0).all()
     values = init.uniform_(t, -2, 3).numpy()

@@ -121,6 +121,14 @@ def test_named_members_with_prefixes():
     ]
 
 
+def test_get_submodule_follows_dotted_paths():
+    net = make_net(engine)
+    assert net.get_submodule("heads.cls") is net.heads["cls"]
+    assert net.get_submodule("") is net
+    with pytest.raises(AttributeError, match="ModuleDict has no attribute `nope`"):
+        net.get_submodule("heads.nope")
+
+
 def test_shared_members_are_listed_once_unless_asked():
     shared = nn.Linear(2, 2)
     model = nn.Sequential(shared, nn.ReLU(), shared)

@@ -121,8 +121,6 @@ class Module:
         self._check_name(name, "module", self._modules)
         self._modules[name] = module
 
-    register_module = add_module
-
     def _check_name(self, name: str, kind: str, registry: dict) -> None:
         if not isinstance(name, str):
             raise TypeError(f"{kind} name should be a string. Got {_typename(name)}")
