@@ -770,11 +770,7 @@ class Tensor:
     def copy_(self, src: Any) -> Tensor:
         src = self._operand(src)
         if self._records_inplace(src):
-            return self._rebase(
-                src.to(self.dtype).expand(self.shape).clone()
-                if src._requires_grad
-                else Tensor._make(np.broadcast_to(src._data, self.shape))
-            )
+            return self._overwrite(src, "CopyBackwards")
         np.copyto(self._data, src._data, casting="unsafe")
         self._vc[0] += 1
         return self
@@ -802,12 +798,18 @@ class Tensor:
     def neg_(self) -> Tensor:
         return self._unary_inplace(self.__neg__)
 
+    def _overwrite(self, src: Tensor, backward_name: str) -> Tensor:
+        """Replace every value by ``src`` (broadcast) in the graph: the old values get a zero
+        gradient, ``src`` the gradient of the places it filled."""
+        op = ew.Where(np.zeros(self.shape, bool))
+        op.backward_name = backward_name
+        return self._rebase(op(self, src.to(self.dtype)))
+
     def _fill(self, values: np.ndarray | Scalar, backward_name: str) -> Tensor:
         """Overwrite with constants; inside the graph the old values get a zero gradient."""
         if self._records_inplace():
-            op = ew.Where(np.zeros(self.shape, bool))
-            op.backward_name = backward_name
-            return self._rebase(op(self, Tensor._make(np.asarray(values, self._data.dtype))))
+            constant = Tensor._make(np.asarray(values, self._data.dtype))
+            return self._overwrite(constant, backward_name)
         self._data[...] = values
         self._vc[0] += 1
         return self
