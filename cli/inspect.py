@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def trace(model: nn.Module, input_size: int) -> list[LayerCall]:
     return calls
 
 
-def _recorder(name: str, calls: list[LayerCall]):  # noqa: ANN202
+def _recorder(name: str, calls: list[LayerCall]) -> Callable[..., None]:
     def hook(module: nn.Module, args: tuple, output: engine.Tensor) -> None:
         calls.append(
             LayerCall(name, type(module).__name__, tuple(output.shape), _macs(module, output))
