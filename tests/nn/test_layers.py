@@ -25,6 +25,10 @@ LAYERS = {
         ),
         (2, 4, 9, 8),
     ),
+    "conv-same-dilated": (
+        lambda nn: nn.Conv2d(2, 3, 4, padding="same", dilation=2),
+        (1, 2, 7, 6),
+    ),
     "conv-same-reflect": (
         lambda nn: nn.Conv2d(2, 3, 4, padding="same", padding_mode="reflect"),
         (1, 2, 6, 7),
