@@ -384,3 +384,18 @@ def test_repr_of_empty_and_none_children_matches_torch(torch):
         return outer
 
     assert repr(build(engine)) == repr(build(torch))
+
+
+@pytest.mark.torch
+def test_batchnorm_loads_a_state_dict_without_num_batches_tracked_like_torch():
+    torch = pytest.importorskip("torch")
+    ours, theirs = nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    ours.num_batches_tracked.fill_(7)
+    state = {k: v for k, v in ours.state_dict().items() if k != "num_batches_tracked"}
+    result = ours.load_state_dict(state)
+    expected = theirs.load_state_dict({k: torch.from_numpy(v.numpy()) for k, v in state.items()})
+    assert (result.missing_keys, result.unexpected_keys) == (
+        expected.missing_keys,
+        expected.unexpected_keys,
+    )
+    assert ours.num_batches_tracked.item() == 7

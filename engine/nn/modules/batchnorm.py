@@ -19,6 +19,8 @@ class BatchNorm2d(Module):
     None; in eval mode it uses the running statistics.
     """
 
+    _optional_state = frozenset({"num_batches_tracked"})
+
     def __init__(
         self,
         num_features: int,

@@ -50,6 +50,9 @@ class Module:
     """Base class of every layer and model; subclasses define ``forward``."""
 
     training: bool
+    # entries a checkpoint may lack without being "missing" (they keep their current value),
+    # as torch back-fills BatchNorm's num_batches_tracked for state dicts from older versions
+    _optional_state: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         set_ = object.__setattr__
@@ -340,7 +343,8 @@ class Module:
         for name, target in local.items():
             key = prefix + name
             if key not in state_dict:
-                missing.append(key)
+                if name not in self._optional_state:
+                    missing.append(key)
                 continue
             value = state_dict[key]
             if not isinstance(value, Tensor | np.ndarray):
