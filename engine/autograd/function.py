@@ -119,8 +119,8 @@ class AccumulateGrad(Node):
             if replaced is not None:
                 grad, owned = replaced, False
         if var.grad is None:
-            if is_grad_enabled():
-                var.grad = grad
+            if is_grad_enabled():  # create_graph: a copy in the graph, never a shared gradient
+                var.grad = grad.clone()
             else:
                 var.grad = grad if owned else grad.detach().clone()
         elif is_grad_enabled():
