@@ -19,6 +19,9 @@ class MatMul(Op):
                 f"{a.ndim}D and {b.ndim}D"
             )
         self.save_inputs(0, 1)
+        self.backward_name = {(1, 1): "DotBackward0", (2, 1): "MvBackward0"}.get(
+            (a.ndim, b.ndim), "MmBackward0"
+        )
         return np.matmul(a, b)
 
     def backward(self, gy: Tensor) -> tuple:
