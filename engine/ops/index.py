@@ -26,13 +26,26 @@ def is_basic(key: Any) -> bool:
     return all(k is None or k is Ellipsis or isinstance(k, int | slice) for k in parts)
 
 
+def _basic_name(key: Any) -> str:
+    """torch's grad_fn name for basic indexing: that of the last select, slice or unsqueeze."""
+    parts = key if isinstance(key, tuple) else (key,)
+    for k in reversed(parts):
+        if k is None:
+            return "UnsqueezeBackward0"
+        if isinstance(k, int):
+            return "SelectBackward0"
+        if isinstance(k, slice) and k != slice(None):
+            return "SliceBackward0"
+    return "AliasBackward0" if Ellipsis in parts else "SliceBackward0"
+
+
 class Index(Op):
     def __init__(self, key: Any) -> None:
         self.key = key
         self.basic = is_basic(key)
         if self.basic:
             self.view_of = 0
-        self.backward_name = "SliceBackward0" if self.basic else "IndexBackward0"
+        self.backward_name = _basic_name(key) if self.basic else "IndexBackward0"
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self.shape, self.dtype = x.shape, x.dtype
