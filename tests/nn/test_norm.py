@@ -11,16 +11,25 @@ from engine.autograd import gradcheck
 from engine.nn import functional as F
 from engine.nn.kernels import norm
 
-SHAPES = {"nchw": (3, 2, 3, 2), "nhwc": (3, 2, 3, 2), "matrix": (5, 3), "sequence": (2, 3, 4)}
+SHAPES = {
+    "nchw": (3, 2, 3, 2),
+    "nhwc": (3, 2, 3, 2),
+    "strided": (3, 2, 3, 4),
+    "matrix": (5, 3),
+    "sequence": (2, 3, 4),
+}
 LAYOUTS = list(SHAPES)
 AFFINE = ["trainable", "frozen", "none"]
 
 
 def make_input(rng, layout, dtype=np.float64, shift=0.5, spread=2.0, shape=None):
-    """An input of ``SHAPES[layout]``; "nhwc" has torch's NCHW shape over channels-last memory."""
+    """An input of ``SHAPES[layout]``: "nhwc" has torch's NCHW shape over channels-last memory,
+    "strided" is every other column of an NCHW array (neither layout)."""
     data = (rng.standard_normal(shape or SHAPES[layout]) * spread + shift).astype(dtype)
     if layout == "nhwc":
         data = np.ascontiguousarray(data.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    if layout == "strided":
+        data = data[..., ::2]
     return data
 
 
