@@ -110,6 +110,7 @@ PAD_CASES = [
     ((2, 3, 5), (2, 3), "reflect", None),
     ((1, 2, 4, 5), (3, 1, 2, 3), "reflect", None),
     ((2, 3, 4), (3, 2), "replicate", None),
+    ((2, 3, 4), (-1, 2), "replicate", None),
     ((1, 2, 3, 4), (1, 2, 3, 0), "replicate", None),
     ((1, 1, 2, 3, 4), (1, 1, 1, 1, 1, 1), "replicate", None),
     ((2, 3, 4), (2, 3), "circular", None),
@@ -151,6 +152,7 @@ PAD_ERRORS = [
     ((1, 4, 3), (3, 3), "reflect", RuntimeError, r"padding \(3, 3\) at dimension 2"),
     ((4, 3), (1, 1, 1, 1), "reflect", NotImplementedError, "Padding size 4 is not supported"),
     ((1, 4, 3), (1, 1), "bogus", NotImplementedError, "Unrecognised padding mode bogus"),
+    ((1, 2, 3), (4, 0), "circular", RuntimeError, "wrapping around more than once"),
 ]
 
 

@@ -70,17 +70,20 @@ def _check_gather_pad(input: Tensor, pad: Sequence[int], mode: str) -> None:
         )
     for k in range(dims):
         dim = input.ndim - 1 - k
-        before, after = pad[2 * k], pad[2 * k + 1]
-        limit = input.shape[dim] if mode == "reflect" else None
-        if limit is not None and (before >= limit or after >= limit):
+        before, after, size = pad[2 * k], pad[2 * k + 1], input.shape[dim]
+        if mode == "reflect" and max(before, after) >= size:
             raise RuntimeError(
                 "Argument #4: Padding size should be less than the corresponding input "
                 f"dimension, but got: padding ({before}, {after}) at dimension {dim} of input "
                 f"{list(input.shape)}"
             )
+        if mode == "circular" and max(before, after) > size:
+            raise RuntimeError("Padding value causes wrapping around more than once.")
 
 
-def pad(input: Tensor, pad: Sequence[int], mode: str = "constant", value: float | None = None):
+def pad(
+    input: Tensor, pad: Sequence[int], mode: str = "constant", value: float | None = None
+) -> Tensor:
     """Pad ``input``: ``pad = (last_before, last_after, second_last_before, ...)``."""
     if len(pad) % 2:
         raise RuntimeError("Padding length must be divisible by 2")
