@@ -125,7 +125,7 @@ def _visit(
     if isinstance(node, AccumulateGrad):
         if captures:
             if (node, 0) in captures:
-                captured[captures[(node, 0)]] = buffer.grads[0]
+                captured[captures[(node, 0)]] = node.run_hooks(buffer.grads[0], False)[0]
         else:
             node.accumulate(buffer.grads[0], buffer.owned[0])
         return

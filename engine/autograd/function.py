@@ -112,12 +112,17 @@ class AccumulateGrad(Node):
     def __init__(self, variable: Tensor) -> None:
         self.variable = variable
 
-    def accumulate(self, grad: Tensor, owned: bool) -> None:
-        var = self.variable
-        for hook in list(var._backward_hooks.values()):
+    def run_hooks(self, grad: Tensor, owned: bool) -> tuple[Tensor, bool]:
+        """The gradient after the leaf's tensor hooks, and whether the engine still owns it."""
+        for hook in list(self.variable._backward_hooks.values()):
             replaced = hook(grad)
             if replaced is not None:
                 grad, owned = replaced, False
+        return grad, owned
+
+    def accumulate(self, grad: Tensor, owned: bool) -> None:
+        var = self.variable
+        grad, owned = self.run_hooks(grad, owned)
         if var.grad is None:
             if is_grad_enabled():  # create_graph: a copy in the graph, never a shared gradient
                 var.grad = grad.clone()
