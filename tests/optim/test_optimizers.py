@@ -20,8 +20,8 @@ TORCH_ONLY_KEYS = {"foreach", "fused", "differentiable", "capturable"}
 """Param-group keys of torch's that select its kernels (and have no meaning here)."""
 
 
-def _initial(seed: int = 0, dtype: type = np.float32) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
+def _initial(dtype: type = np.float32) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
     return [rng.standard_normal(shape).astype(dtype) for shape in SHAPES]
 
 
