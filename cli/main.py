@@ -85,7 +85,7 @@ def _report(exc: BaseException, code: int) -> None:
             "This is a bug in finetune; set FINETUNE_DEBUG=1 to see the traceback."
         )
     style = "yellow" if code == 130 else "bold red"
-    Console(stderr=True).print(Text(f"{prefix}: ", style=style) + Text(message))
+    Console(stderr=True, soft_wrap=True).print(Text(f"{prefix}: ", style=style) + Text(message))
 
 
 def _show_version(value: bool) -> None:

@@ -17,7 +17,8 @@ import functools
 import hashlib
 import math
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -29,6 +30,7 @@ import engine
 from cli.build import Trainee, build
 from cli.checkpoint import (
     BEST,
+    CONFIG,
     LAST,
     TRAINER_STATE,
     Checkpoint,
@@ -73,16 +75,17 @@ def train(
     else:
         folder = RunFolder.for_resume(resume)
         config = folder.load_config(overrides)
-    train_set, val_set, class_names = build_datasets(config.data, config.run.seed)
-    if len(class_names) != config.model.num_classes:
-        raise ConfigError(
-            [
-                f"model.num_classes: is {config.model.num_classes}, but the data has "
-                f"{len(class_names)} classes; set model.num_classes={len(class_names)}"
-            ]
-        )
-    engine.manual_seed(config.run.seed)
-    trainee = build(config)
+    with _naming_the_file(config_path if resume is None else folder.path / CONFIG):
+        engine.manual_seed(config.run.seed)
+        trainee = build(config)
+        train_set, val_set, class_names = build_datasets(config.data, config.run.seed)
+        if len(class_names) != config.model.num_classes:
+            raise ConfigError(
+                [
+                    f"model.num_classes: is {config.model.num_classes}, but the data has "
+                    f"{len(class_names)} classes; set model.num_classes={len(class_names)}"
+                ]
+            )
     identity = hashlib.sha256(train_set.identity().encode()).hexdigest()
     if resume is None:
         state, history = TrainerState(data_seed=config.run.seed, data_identity=identity), []
@@ -90,7 +93,7 @@ def train(
     else:
         state, history = _restore(folder, trainee)
         if state.data_identity != identity:
-            Console(stderr=True).print(
+            Console(stderr=True, soft_wrap=True).print(
                 "warning: the training images differ from when this run started, so the "
                 "resumed run will not match an uninterrupted one",
                 markup=False,
@@ -112,6 +115,15 @@ def train(
         display.note(trainer.describe(resumed=resume is not None))
         trainer.fit()
         display.summary(history, state.best_epoch, folder.path / BEST)
+
+
+@contextmanager
+def _naming_the_file(path: Path) -> Iterator[None]:
+    """Prefix the config problems found while building with the config file's name."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ConfigError([f"{path}: {problem}" for problem in exc.problems]) from None
 
 
 def _restore(folder: RunFolder, trainee: Trainee) -> tuple[TrainerState, list[Row]]:

@@ -1,0 +1,270 @@
+"""`finetune train` end to end, in a subprocess, on a tiny config (16 digits at 16x16, resnet18).
+
+Pins the run folder's contents, exact resume (after an epoch and after Ctrl-C
+mid-epoch), the NaN stop, the run-folder refusal and both output modes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.numpy
+import yaml
+
+from cli.checkpoint import RunFolder
+from engine.io import load_safetensors
+from engine.models import resnet18
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "model": {"arch": "resnet18", "num_classes": 2},
+    "data": {
+        "dataset": "digits",
+        "classes": ["0", "1"],
+        "val_fraction": 0.03,
+        "limit": 16,
+        "image_size": 16,
+        "resize": 16,
+        "mean": [0.3, 0.3, 0.3],
+        "std": [0.3, 0.3, 0.3],
+        "batch_size": 4,
+        "num_workers": 0,
+    },
+    "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+    "schedule": {"epochs": 2, "scheduler": "step", "step_size": 1, "gamma": 0.5},
+    "run": {"seed": 3, "log_every": 1},
+}
+RUN_FILES = {
+    "config.yaml",
+    "classes.json",
+    "metrics.jsonl",
+    "last.safetensors",
+    "best.safetensors",
+    "trainer_state.safetensors",
+}
+
+
+def finetune(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=cwd,
+        env=env or plain_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def plain_env() -> dict[str, str]:
+    """The environment without variables that make rich treat a pipe as a terminal."""
+    drop = {"FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "FINETUNE_DEBUG"}
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+def write_config(folder: Path, name: str = "tiny.yaml", **sections: dict) -> Path:
+    config = {key: {**TINY[key], **sections.get(key, {})} for key in TINY}
+    path = folder / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def weights(path: Path) -> dict[str, np.ndarray]:
+    return safetensors.numpy.load_file(str(path))
+
+
+def assert_identical(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype, name
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name, strict=True)
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("train")
+
+
+@pytest.fixture(scope="module")
+def straight(work: Path) -> subprocess.CompletedProcess:
+    """Two epochs in one go: the run the others must reproduce."""
+    config = write_config(work, "straight.yaml", run={"output_dir": "straight"})
+    return finetune("train", str(config), cwd=work)
+
+
+@pytest.fixture(scope="module")
+def first_epoch(work: Path) -> Path:
+    """The same run stopped after its first epoch (schedule.epochs=1)."""
+    config = write_config(work, "first.yaml", run={"output_dir": "first"})
+    done = finetune("train", str(config), "schedule.epochs=1", cwd=work)
+    assert done.returncode == 0, done.stderr
+    return work / "first"
+
+
+def test_a_run_writes_its_folder(work: Path, straight: subprocess.CompletedProcess):
+    assert straight.returncode == 0, straight.stderr
+    run = work / "straight"
+    assert {p.name for p in run.iterdir()} == RUN_FILES
+    assert json.loads((run / "classes.json").read_text()) == ["0", "1"]
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["optim"]["lr"] == 0.01 and saved["model"]["freeze"] == []
+
+    epochs = [row for row in rows(run) if "step" not in row]
+    assert [row["epoch"] for row in epochs] == [1, 2]
+    assert [row["lr"] for row in epochs] == [0.01, 0.005]
+    keys = {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "time", "images_per_s"}
+    assert all(keys <= row.keys() for row in epochs)
+    steps = [row for row in rows(run) if "step" in row]
+    assert [row["step"] for row in steps] == list(range(1, 9))  # 16 images / 4, log_every 1
+
+    expected = resnet18(num_classes=2).state_dict()
+    for name in ("last.safetensors", "best.safetensors"):
+        loaded = load_safetensors(run / name)
+        assert loaded.keys() == expected.keys()
+        assert all(loaded[k].shape == expected[k].shape for k in expected)
+    best_epoch = max(epochs, key=lambda row: row["val_acc"])["epoch"]
+    assert f"best epoch: {best_epoch}" in straight.stdout
+
+
+def test_weights_load_in_torch(work: Path, straight: subprocess.CompletedProcess, torch):
+    import safetensors.torch
+
+    state = safetensors.torch.load_file(str(work / "straight" / "last.safetensors"))
+    assert state["fc.weight"].shape == torch.Size([2, 512])
+    assert state["bn1.num_batches_tracked"].dtype == torch.int64
+    assert state["layer4.1.bn2.running_var"].dtype == torch.float32
+    assert len(state) == 122  # resnet18's state dict: 62 params, 60 BatchNorm buffers
+
+
+def test_output_without_a_terminal_is_plain_lines(straight: subprocess.CompletedProcess):
+    out = straight.stdout
+    assert "epoch 1/2 batch 1/4" in out and "epoch 2/2 batch 4/4" in out
+    assert "epoch 2/2  train loss" in out and "Training summary" in out
+    assert "\x1b[" not in out and "━" not in out.split("Training summary")[0]
+
+
+def test_resume_after_an_epoch_matches_the_straight_run(
+    work: Path, straight: subprocess.CompletedProcess, first_epoch: Path
+):
+    run = work / "resumed"
+    shutil.copytree(first_epoch, run)
+    done = finetune("train", "--resume", str(run), "schedule.epochs=2", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert "Resuming" in done.stdout
+    assert_identical(weights(run / "last.safetensors"), weights(work / "straight/last.safetensors"))
+    assert_identical(weights(run / "best.safetensors"), weights(work / "straight/best.safetensors"))
+    assert [row["epoch"] for row in rows(run) if "step" not in row] == [1, 2]
+    assert yaml.safe_load((run / "config.yaml").read_text())["schedule"]["epochs"] == 2
+
+
+def test_ctrl_c_saves_mid_epoch_and_resume_matches(
+    work: Path, straight: subprocess.CompletedProcess
+):
+    config = write_config(work, "interrupted.yaml", run={"output_dir": "interrupted"})
+    run = work / "interrupted"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "train", str(config), "data.num_workers=2"],
+        cwd=work,
+        env=plain_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not ((run / "metrics.jsonl").exists() and rows(run)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stdout + stderr
+    assert "finetune train --resume" in stderr and "Traceback" not in stderr
+    stopped = RunFolder(run).load_checkpoint().trainer
+    assert 1 <= stopped.global_step < 8  # stopped inside the run, not at its end
+
+    done = finetune("train", "--resume", str(run), "data.num_workers=2", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert_identical(weights(run / "last.safetensors"), weights(work / "straight/last.safetensors"))
+    assert [row["step"] for row in rows(run) if "step" in row] == list(range(1, 9))
+    assert [row["epoch"] for row in rows(run) if "step" not in row] == [1, 2]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(work: Path, first_epoch: Path):
+    # lr 0.01 in epoch 1, then 1e28: the first steps of epoch 2 blow the weights up.
+    config = write_config(work, "nan.yaml", schedule={"gamma": 1e30}, run={"output_dir": "nan"})
+    done = finetune("train", str(config), cwd=work)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "epoch 2" in done.stderr and "optim.lr" in done.stderr
+    assert "grad_clip" in done.stderr and "unchanged" in done.stderr
+    run = work / "nan"
+    # The weights after epoch 1 are those of the 1-epoch run: the schedule only changes lr later.
+    assert_identical(weights(run / "last.safetensors"), weights(first_epoch / "last.safetensors"))
+    assert RunFolder(run).load_checkpoint().trainer.epoch == 1
+
+
+def test_a_used_run_folder_is_refused_unless_overwrite(
+    work: Path, straight: subprocess.CompletedProcess
+):
+    config = write_config(work, "again.yaml", run={"output_dir": "straight"})
+    before = (work / "straight/last.safetensors").read_bytes()
+    refused = finetune("train", str(config), cwd=work)
+    assert refused.returncode == 2
+    assert "--overwrite" in refused.stderr and "--resume straight" in refused.stderr
+    assert (work / "straight/last.safetensors").read_bytes() == before
+
+    run = work / "reused"
+    shutil.copytree(work / "straight", run)
+    (run / "notes.txt").write_text("mine")
+    env = {**plain_env(), "FORCE_COLOR": "1"}  # rich's terminal mode: bars and a table
+    done = finetune(
+        "train",
+        str(config),
+        f"run.output_dir={run}",
+        "schedule.epochs=1",
+        "--overwrite",
+        cwd=work,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Training summary" in done.stdout and "\x1b[" in done.stdout
+    assert (run / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
+    assert [row["epoch"] for row in rows(run) if "step" not in row] == [1]
+
+
+def test_model_weights_are_loaded_and_frozen_as_configured(work: Path, first_epoch: Path):
+    # Transfer: the 1-epoch run's weights, everything frozen but a new 3-class head.
+    config = write_config(
+        work,
+        "transfer.yaml",
+        model={
+            "num_classes": 3,
+            "weights": str(first_epoch / "best.safetensors"),
+            "freeze": ["*"],
+            "bn": "eval",
+        },
+        data={"classes": ["2", "3", "4"]},
+        run={"output_dir": "transfer"},
+    )
+    done = finetune("train", str(config), "schedule.epochs=1", cwd=work)
+    assert done.returncode == 0, done.stderr
+    before, after = (
+        weights(first_epoch / "best.safetensors"),
+        weights(work / "transfer/last.safetensors"),
+    )
+    assert after["fc.weight"].shape == (3, 512)
+    frozen = [name for name in before if not name.startswith("fc.")]
+    assert_identical({k: before[k] for k in frozen}, {k: after[k] for k in frozen})
