@@ -57,6 +57,25 @@ def _count_dependencies(roots: list[Node]) -> dict[Node, int]:
     return deps
 
 
+def _leading_to(roots: list[Node], targets: set[Node]) -> set[Node]:
+    """The nodes from which a target can be reached (targets included), by an iterative
+    post-order walk: a node is decided after all of its next nodes."""
+    leads: set[Node] = set()
+    seen: set[Node] = set()
+    stack = [(node, False) for node in roots]
+    while stack:
+        node, children_done = stack.pop()
+        nexts = [nxt for nxt, _ in node.next_edges if nxt is not None]
+        if children_done:
+            if node in targets or any(nxt in leads for nxt in nexts):
+                leads.add(node)
+        elif node not in seen:
+            seen.add(node)
+            stack.append((node, True))
+            stack.extend((nxt, False) for nxt in nexts if nxt not in seen)
+    return leads
+
+
 class _GradBuffer:
     """The gradients flowing into one node's outputs, summed as they arrive."""
 
@@ -97,19 +116,29 @@ def run_backward(
     buffers: dict[Node, _GradBuffer] = {}
     for node, nr, grad in roots:
         buffers.setdefault(node, _GradBuffer(node.num_outputs)).add(nr, grad, False, create_graph)
+    # autograd.grad runs only the nodes on a path to an input, as torch: the rest of the graph
+    # is neither computed nor freed
+    needed = None if inputs is None else _leading_to(root_nodes, {node for node, _ in captures})
     ready = [node for node in root_nodes if deps.get(node, 0) == 0]
 
     with set_grad_enabled(create_graph):
         while ready:
             node = ready.pop()
+            if needed is not None and node not in needed:
+                continue
+            nexts = [nxt for nxt, _ in node.next_edges if nxt is not None]
+            if needed is not None:
+                nexts = [nxt for nxt in nexts if nxt in needed]
             buffer = buffers.pop(node, None)
             if buffer is not None:
-                _visit(node, buffer, create_graph, retain_graph, captures, captured, buffers)
-            for nxt, _ in node.next_edges:
-                if nxt is not None:
-                    deps[nxt] -= 1
-                    if deps[nxt] == 0:
-                        ready.append(nxt)
+                execute = needed is None or bool(nexts)
+                _visit(
+                    node, buffer, create_graph, retain_graph, captures, captured, buffers, execute
+                )
+            for nxt in nexts:
+                deps[nxt] -= 1
+                if deps[nxt] == 0:
+                    ready.append(nxt)
     return captured if inputs is not None else None
 
 
@@ -121,7 +150,10 @@ def _visit(
     captures: dict[tuple[Node, int], int],
     captured: list,
     buffers: dict[Node, _GradBuffer],
+    execute: bool,
 ) -> None:
+    """Hand a node its gradients: accumulate at leaves, capture, or run its backward (when
+    ``execute``: not for an input of autograd.grad that leads to no other input)."""
     if isinstance(node, AccumulateGrad):
         if captures:
             if (node, 0) in captures:
@@ -135,6 +167,8 @@ def _visit(
     for nr, grad in enumerate(buffer.grads):
         if (node, nr) in captures:
             captured[captures[(node, nr)]] = grad
+    if not execute:
+        return
     assert isinstance(node, Op)
     grads_in = node.apply_backward(buffer.grads, create_graph)
     if not retain_graph:
