@@ -31,6 +31,8 @@ def _root_grads(
             grad = Tensor._make(np.ones(out.shape, out._data.dtype))
         elif not isinstance(grad, Tensor):
             grad = Tensor._make(np.asarray(grad, out._data.dtype))
+        elif grad._data.dtype != out._data.dtype:  # torch casts it to the output's dtype
+            grad = grad.to(out.dtype)
         if grad.shape != out.shape:
             raise RuntimeError(
                 f"Mismatch in shape: grad_output[{i}] has a shape of {grad.shape} and output[{i}] "
