@@ -315,6 +315,7 @@ class FunctionCtx(Op):
         self.fn_cls = fn_cls
         self.materialize_grads = True
         self.non_differentiable: set[int] = set()
+        self.dirty: set[int] = set()
 
     def name(self) -> str:
         return f"{self.fn_cls.__name__}Backward"
@@ -337,6 +338,7 @@ class FunctionCtx(Op):
     def mark_dirty(self, *tensors: Tensor) -> None:
         for t in tensors:
             t._vc[0] += 1
+        self.dirty.update(id(t) for t in tensors)
 
     def set_materialize_grads(self, value: bool) -> None:
         self.materialize_grads = value
@@ -371,10 +373,20 @@ class Function:
         with no_grad():
             outs = cls.forward(ctx, *args)
         single = not isinstance(outs, tuple)
-        outputs = (outs,) if single else outs
+        outputs = tuple(
+            # an input returned as it is becomes a new tensor sharing its storage, as in torch
+            out.detach() if _is_returned_input(out, args, ctx.dirty) else out
+            for out in ((outs,) if single else outs)
+        )
         if ctx.requires_grad:
             ctx.connect(args, outputs)
             for out in outputs:
                 if id(out) in ctx.non_differentiable:
                     out.grad_fn, out._requires_grad = None, False
         return outputs[0] if single else outputs
+
+
+def _is_returned_input(out: Any, args: tuple, dirty: set[int]) -> bool:
+    from engine.tensor import Tensor
+
+    return isinstance(out, Tensor) and id(out) not in dirty and any(out is a for a in args)
