@@ -344,7 +344,31 @@ class FunctionCtx(Op):
         self.materialize_grads = value
 
     def backward(self, *grads: Any) -> Any:
-        return self.fn_cls.backward(self, *grads)
+        result = self.fn_cls.backward(self, *grads)
+        return self._checked(result if isinstance(result, tuple) else (result,))
+
+    def _checked(self, grads: tuple) -> tuple:
+        """A user backward's gradients, checked as torch does: one per input (extra ones must be
+        None), each of its input's shape or summable to it."""
+        from engine.ops.elementwise import sum_to
+
+        n = len(self.input_shapes)
+        if len(grads) < n or any(g is not None for g in grads[n:]):
+            raise RuntimeError(
+                f"function {self.name()} returned an incorrect number of gradients "
+                f"(expected {n}, got {len(grads)})"
+            )
+        checked = []
+        for i, (g, shape) in enumerate(zip(grads[:n], self.input_shapes, strict=True)):
+            if g is not None and shape is not None and g.shape != shape:
+                if not _expandable(shape, g.shape):
+                    raise RuntimeError(
+                        f"Function {self.name()} returned an invalid gradient at index {i} - got "
+                        f"{list(g.shape)} but expected shape compatible with {list(shape)}"
+                    )
+                g = sum_to(g, shape)
+            checked.append(g)
+        return tuple(checked)
 
 
 class Function:
@@ -369,6 +393,7 @@ class Function:
 
         ctx = FunctionCtx(cls)
         ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        ctx.input_shapes = tuple(a.shape if isinstance(a, Tensor) else None for a in args)
         ctx.requires_grad = is_grad_enabled() and any(ctx.needs_input_grad)
         with no_grad():
             outs = cls.forward(ctx, *args)
@@ -390,3 +415,10 @@ def _is_returned_input(out: Any, args: tuple, dirty: set[int]) -> bool:
     from engine.tensor import Tensor
 
     return isinstance(out, Tensor) and id(out) not in dirty and any(out is a for a in args)
+
+
+def _expandable(shape: tuple[int, ...], to: tuple[int, ...]) -> bool:
+    try:
+        return np.broadcast_shapes(shape, to) == to
+    except ValueError:
+        return False
