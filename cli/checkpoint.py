@@ -165,7 +165,7 @@ class RunFolder:
         write_atomic(self.path / CLASSES, json.dumps(class_names) + "\n")
 
     def load_config(self, overrides: Sequence[str] = ()) -> Config:
-        """The run's saved config, with the overrides a resume allows, saved back if changed.
+        """The run's saved config, with the overrides a resume allows.
 
         The output folder is this folder, wherever it is now.
         """
@@ -185,8 +185,6 @@ class RunFolder:
             )
         if problems:
             raise ConfigError(problems)
-        if config != saved:
-            self.save_config(config)
         run = dataclasses.replace(config.run, output_dir=self.path)
         return dataclasses.replace(config, run=run)
 

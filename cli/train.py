@@ -24,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 
 import engine
@@ -71,33 +72,22 @@ def train(
     """
     if resume is None:
         config = load_config(config_path, overrides)
-        folder = RunFolder.for_new_run(config.run.output_dir, overwrite)
+        folder, source = RunFolder.for_new_run(config.run.output_dir, overwrite), config_path
     else:
         folder = RunFolder.for_resume(resume)
-        config = folder.load_config(overrides)
-    with _naming_the_file(config_path if resume is None else folder.path / CONFIG):
+        config, source = folder.load_config(overrides), folder.path / CONFIG
+    with _naming_the_file(source):
         engine.manual_seed(config.run.seed)
         trainee = build(config)
         train_set, val_set, class_names = build_datasets(config.data, config.run.seed)
-        if len(class_names) != config.model.num_classes:
-            raise ConfigError(
-                [
-                    f"model.num_classes: is {config.model.num_classes}, but the data has "
-                    f"{len(class_names)} classes; set model.num_classes={len(class_names)}"
-                ]
-            )
+        _check_class_count(config, class_names)
     identity = hashlib.sha256(train_set.identity().encode()).hexdigest()
     if resume is None:
         state, history = TrainerState(data_seed=config.run.seed, data_identity=identity), []
         folder.start(config, class_names)
     else:
-        state, history = _restore(folder, trainee)
-        if state.data_identity != identity:
-            Console(stderr=True, soft_wrap=True).print(
-                "warning: the training images differ from when this run started, so the "
-                "resumed run will not match an uninterrupted one",
-                markup=False,
-            )
+        state, history = _restore(folder, trainee, identity)
+        folder.save_config(config)  # with the epochs a resume may add
     data = config.data
     loaders = (
         DataLoader(train_set, data.batch_size, True, state.data_seed, data.num_workers),
@@ -113,8 +103,19 @@ def train(
         )
         trainer = Trainer(config, trainee, state, folder, *loaders, tracker, stop, history)
         display.note(trainer.describe(resumed=resume is not None))
-        trainer.fit()
-        display.summary(history, state.best_epoch, folder.path / BEST)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            trainer.fit()  # overflow shows as a NaN or inf loss, reported with advice
+    display.summary(history, state.best_epoch, folder.path / BEST)
+
+
+def _check_class_count(config: Config, class_names: list[str]) -> None:
+    if len(class_names) != config.model.num_classes:
+        raise ConfigError(
+            [
+                f"model.num_classes: is {config.model.num_classes}, but the data has "
+                f"{len(class_names)} classes; set model.num_classes={len(class_names)}"
+            ]
+        )
 
 
 @contextmanager
@@ -126,8 +127,11 @@ def _naming_the_file(path: Path) -> Iterator[None]:
         raise ConfigError([f"{path}: {problem}" for problem in exc.problems]) from None
 
 
-def _restore(folder: RunFolder, trainee: Trainee) -> tuple[TrainerState, list[Row]]:
-    """Load the saved state into the freshly built trainee; drop metrics rows written after it."""
+def _restore(folder: RunFolder, trainee: Trainee, identity: str) -> tuple[TrainerState, list[Row]]:
+    """Load the saved state into the freshly built trainee; drop metrics rows written after it.
+
+    Warns when the training data's `identity` differs from the one saved.
+    """
     checkpoint = folder.load_checkpoint()
     try:
         trainee.model.load_state_dict(checkpoint.model)
@@ -137,10 +141,16 @@ def _restore(folder: RunFolder, trainee: Trainee) -> tuple[TrainerState, list[Ro
     except (RuntimeError, ValueError, KeyError) as exc:
         raise RunFolderError(
             f"{folder.path / TRAINER_STATE} does not fit the model and optimizer of "
-            f"{folder.path / 'config.yaml'}: {exc}"
+            f"{folder.path / CONFIG}: {exc}"
         ) from None
     engine.set_rng_state(checkpoint.trainer.rng)
     state = checkpoint.trainer
+    if state.data_identity != identity:
+        Console(stderr=True, soft_wrap=True).print(
+            "warning: the training images differ from when this run started, so the "
+            "resumed run will not match an uninterrupted one",
+            markup=False,
+        )
 
     def saved(row: Row) -> bool:
         return row["step"] <= state.global_step if "step" in row else row["epoch"] <= state.epoch
@@ -166,16 +176,19 @@ class Trainer:
     def __post_init__(self) -> None:
         smoothing = self.config.schedule.label_smoothing
         self.criterion = functools.partial(F.cross_entropy, label_smoothing=smoothing)
-        saved = self.state.global_step > 0
-        self.last_saved = f"epoch {self.state.epoch}, batch {self.state.batch}" if saved else None
+        resumed = self.state.global_step > 0
+        self.last_saved = self.position() if resumed else None
 
     def fit(self) -> None:
         """Train the remaining epochs; validate, step the scheduler and save after each."""
-        for epoch in range(self.state.epoch, self.config.schedule.epochs):
-            self.train_loader.set_epoch(epoch, start_batch=self.state.batch)
-            self.tracker.begin_epoch(len(self.train_loader))
-            self.train_epoch()
-            self.end_epoch(self.validate())
+        try:
+            for epoch in range(self.state.epoch, self.config.schedule.epochs):
+                self.train_loader.set_epoch(epoch, start_batch=self.state.batch)
+                self.tracker.begin_epoch(len(self.train_loader))
+                self.train_epoch()
+                self.end_epoch(self.validate())
+        except KeyboardInterrupt:  # the second Ctrl-C
+            raise Interrupted(f"quit at once. {self.kept(resumable=True)}") from None
 
     def train_epoch(self) -> None:
         """The seed's step, for each remaining batch of the epoch."""
@@ -186,7 +199,7 @@ class Trainer:
             x, y = engine.from_numpy(images), engine.from_numpy(labels)
             logits = model(x)
             loss = self.criterion(logits, y)
-            self.check_finite(loss.item())
+            self.check_finite(loss.item(), "training")
             optimizer.zero_grad()
             loss.backward()
             if clip is not None:
@@ -207,6 +220,7 @@ class Trainer:
                 logits = model(x)
                 tally.add(self.criterion(logits, y).item(), correct(logits, y), len(labels))
                 self.stop_if_requested()
+        self.check_finite(tally.mean_loss, "validation")
         return tally.mean_loss, tally.accuracy
 
     def end_epoch(self, val: tuple[float, float] | None) -> None:
@@ -239,25 +253,39 @@ class Trainer:
                 trainer=self.state,
             )
         )
-        self.last_saved = f"epoch {self.state.epoch}, batch {self.state.batch}"
+        self.last_saved = self.position()
 
-    def check_finite(self, loss: float) -> None:
+    def position(self) -> str:
+        """Where the loop stands, in words."""
+        state = self.state
+        if state.batch == 0:
+            return f"after epoch {state.epoch}"
+        return f"epoch {state.epoch + 1}, batch {state.batch}/{len(self.train_loader)}"
+
+    def kept(self, resumable: bool) -> str:
+        """What the last checkpoint holds, and how to resume from it."""
+        if self.last_saved is None:
+            return "No checkpoint had been saved yet."
+        path = self.folder.path
+        kept = f"The last checkpoint ({self.last_saved}) in {path} is unchanged."
+        return f"{kept} To continue from it: finetune train --resume {path}" if resumable else kept
+
+    def check_finite(self, loss: float, during: str) -> None:
+        """Stop with advice when the loss of a training step or of validation is NaN or inf."""
         if math.isfinite(loss):
             return
         state = self.state
         where = (
             f"epoch {state.epoch + 1}, batch {state.batch + 1}/{len(self.train_loader)} "
             f"(step {state.global_step + 1})"
+            if during == "training"
+            else f"validation after epoch {state.epoch + 1}"
         )
-        kept = (
-            f"The last checkpoint ({self.last_saved}) in {self.folder.path} is unchanged."
-            if self.last_saved
-            else "No checkpoint had been saved yet."
-        )
-        lr = self.trainee.optimizer.param_groups[0]["lr"]
+        lr, base = self.trainee.optimizer.param_groups[0]["lr"], self.config.optim.lr
+        now = f", {lr:g} in this epoch" if lr != base else ""
         raise Diverged(
-            f"the loss became {loss} at {where}; training stopped. {kept} "
-            f"Try a lower learning rate (optim.lr is {lr:g}), gradient clipping "
+            f"the loss became {loss} at {where}; training stopped. {self.kept(resumable=False)} "
+            f"Try a lower learning rate (optim.lr is {base:g}{now}), gradient clipping "
             "(schedule.grad_clip=1.0) or a warm-up (schedule.warmup_epochs=1)."
         )
 
@@ -267,20 +295,19 @@ class Trainer:
             return
         self.tracker.display.note("Ctrl-C: saving the run so far (press Ctrl-C again to quit now)")
         self.save()
-        state = self.state
+        path = self.folder.path
         raise Interrupted(
-            f"stopped at epoch {state.epoch + 1}, batch {state.batch}/{len(self.train_loader)}, "
-            f"saved in {self.folder.path}. To continue: finetune train --resume {self.folder.path}"
+            f"stopped and saved ({self.position()}) in {path}. "
+            f"To continue: finetune train --resume {path}"
         )
 
     def describe(self, resumed: bool) -> str:
         """A line saying what is about to happen."""
-        state, path = self.state, self.folder.path
+        path, epochs = self.folder.path, self.config.schedule.epochs
+        if resumed and self.state.epoch >= epochs:
+            return f"{path} has finished its {epochs} epochs (add more with schedule.epochs=N)"
         if resumed:
-            return (
-                f"Resuming {path} at epoch {state.epoch + 1}, "
-                f"batch {state.batch}/{len(self.train_loader)}"
-            )
+            return f"Resuming {path} from {self.position()}"
         model, data = self.config.model, self.config.data
         return (
             f"Training {model.arch} on {len(self.train_loader.dataset)} images "
