@@ -522,14 +522,16 @@ class Tensor:
     def max(self, dim: int | Tensor | None = None, keepdim: bool = False) -> Any:
         """``max()`` of all elements, ``max(dim)`` -> (values, indices), ``max(other)``."""
         if isinstance(dim, Tensor):
-            return Tensor._make(np.maximum(self._data, dim._data))
+            return ew.Maximum(largest=True)(*promote(self, dim))
         if dim is None:
             op = red.Amax(None, False)
             op.backward_name = "MaxBackward1"
             return op(self)
         return MinMax(*red.MaxDim(dim, keepdim)(self))
 
-    def min(self, dim: int | None = None, keepdim: bool = False) -> Any:
+    def min(self, dim: int | Tensor | None = None, keepdim: bool = False) -> Any:
+        if isinstance(dim, Tensor):
+            return ew.Maximum(largest=False)(*promote(self, dim))
         if dim is None:
             op = red.Amin(None, False)
             op.backward_name = "MinBackward1"

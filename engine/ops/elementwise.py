@@ -140,6 +140,25 @@ class Where(_Binary):
         return self.reduce((gy * keep, gy * (1 - keep)))
 
 
+class Maximum(_Binary):
+    """Element-wise max (``largest``) or min of two tensors; ties share the gradient equally."""
+
+    def __init__(self, largest: bool) -> None:
+        self.largest = largest
+        self.backward_name = "MaximumBackward0" if largest else "MinimumBackward0"
+
+    def compute(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        out = np.maximum(a, b) if self.largest else np.minimum(a, b)
+        if self.requires_grad:
+            wins = a > b if self.largest else a < b
+            self.save_arrays((wins + 0.5 * (a == b)).astype(out.dtype))
+        return out
+
+    def backward(self, gy: Tensor) -> tuple:
+        share = Tensor._make(self.saved_arrays[0])
+        return self.reduce((gy * share, gy * (1 - share)))
+
+
 class PowScalar(Op):
     backward_name = "PowBackward0"
 
