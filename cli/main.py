@@ -32,12 +32,13 @@ app = typer.Typer(
 Verb = TypeVar("Verb", bound=Callable[..., Any])
 
 
-def verb(*examples: str, **options: Any) -> Callable[[Verb], Verb]:
-    """Register a command with an examples block in its help and the user-facing error handling."""
+def verb(*examples: str, group: typer.Typer = app, **options: Any) -> Callable[[Verb], Verb]:
+    """Register a command on `group` (the app itself by default, or a sub-command group such as
+    `finetune weights`), with an examples block in its help and the user-facing error handling."""
     epilog = "\n".join(["[bold]Examples[/bold]", *examples])
 
     def register(function: Verb) -> Verb:
-        app.command(epilog=epilog, **options)(_reporting_errors(function))
+        group.command(epilog=epilog, **options)(_reporting_errors(function))
         return function
 
     return register
@@ -229,22 +230,24 @@ def inspect_model(
 
 weights_app = typer.Typer(
     help="Get pretrained weights: fetch torchvision's official files, or import a local .pth.",
+    epilog="\n".join(
+        [
+            "[bold]Examples[/bold]",
+            "finetune weights fetch resnet18",
+            "finetune weights import ~/Downloads/resnet18-f37072fd.pth",
+        ]
+    ),
     no_args_is_help=True,
 )
 app.add_typer(weights_app, name="weights")
 
 
-@weights_app.command(
-    "fetch",
-    epilog="\n".join(
-        [
-            "[bold]Examples[/bold]",
-            "finetune weights fetch resnet18       # -> weights/resnet18-f37072fd.safetensors",
-            "finetune weights fetch resnet50 --dir ~/models",
-        ]
-    ),
+@verb(
+    "finetune weights fetch resnet18       # -> weights/resnet18-f37072fd.safetensors",
+    "finetune weights fetch resnet50 --dir ~/models",
+    group=weights_app,
+    name="fetch",
 )
-@_reporting_errors
 def weights_fetch(
     arch: Annotated[
         Literal["resnet18", "resnet34", "resnet50"],
@@ -268,17 +271,12 @@ def weights_fetch(
     fetch(arch, directory, url)
 
 
-@weights_app.command(
-    "import",
-    epilog="\n".join(
-        [
-            "[bold]Examples[/bold]",
-            "finetune weights import ~/Downloads/resnet18-f37072fd.pth",
-            "finetune weights import checkpoint.pth --out weights/mine.safetensors",
-        ]
-    ),
+@verb(
+    "finetune weights import ~/Downloads/resnet18-f37072fd.pth",
+    "finetune weights import checkpoint.pth --out weights/mine.safetensors",
+    group=weights_app,
+    name="import",
 )
-@_reporting_errors
 def weights_import(
     file: Annotated[
         Path,

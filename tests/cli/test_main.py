@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 import yaml
 
 from cli.main import app
@@ -55,22 +56,30 @@ def test_version(tmp_path: Path):
     assert done.returncode == 0 and done.stdout.startswith("finetune 0.")
 
 
-def verbs() -> list[str]:
-    commands = app.registered_commands
-    return [c.name or c.callback.__name__.replace("_", "-") for c in commands]
+def verbs() -> list[list[str]]:
+    """Every command as typed: ["train"], ..., and ["weights"], ["weights", "fetch"], ..."""
+
+    def name(command: typer.models.CommandInfo) -> str:
+        return command.name or command.callback.__name__.replace("_", "-")
+
+    found = [[name(command)] for command in app.registered_commands]
+    for group in app.registered_groups:
+        found.append([group.name])
+        found += [[group.name, name(c)] for c in group.typer_instance.registered_commands]
+    return found
 
 
 def test_top_level_help_lists_the_verbs(tmp_path: Path):
     done = finetune("--help", cwd=tmp_path)
     assert done.returncode == 0
-    assert all(verb in done.stdout for verb in verbs())
+    assert all(words[0] in done.stdout for words in verbs())
 
 
-@pytest.mark.parametrize("verb", verbs())
-def test_every_verb_has_examples_in_its_help(verb: str, tmp_path: Path):
-    done = finetune(verb, "--help", cwd=tmp_path, COLUMNS="200")
+@pytest.mark.parametrize("words", verbs(), ids=" ".join)
+def test_every_verb_has_examples_in_its_help(words: list[str], tmp_path: Path):
+    done = finetune(*words, "--help", cwd=tmp_path, COLUMNS="200")
     assert done.returncode == 0, done.stderr
-    assert "Example" in done.stdout and f"finetune {verb}" in done.stdout
+    assert "Example" in done.stdout and f"finetune {' '.join(words)}" in done.stdout
 
 
 def test_the_cli_does_not_import_torch(tmp_path: Path):
