@@ -622,13 +622,13 @@ class Tensor:
     def squeeze(self, dim: int | None = None) -> Tensor:
         if dim is None:
             return self._view(tuple(n for n in self.shape if n != 1), "SqueezeBackward0")
-        dim %= max(self.ndim, 1)
+        (dim,) = red.normalize_dims(dim, self.ndim)
         if self.ndim == 0 or self.shape[dim] != 1:
             return self._view(self.shape, "SqueezeBackward1")
         return self._view(self.shape[:dim] + self.shape[dim + 1 :], "SqueezeBackward1")
 
     def unsqueeze(self, dim: int) -> Tensor:
-        dim = dim % (self.ndim + 1)
+        (dim,) = red.normalize_dims(dim, self.ndim + 1)
         return self._view(self.shape[:dim] + (1,) + self.shape[dim:], "UnsqueezeBackward0")
 
     def _view(self, shape: Shape, backward_name: str) -> Tensor:

@@ -28,8 +28,8 @@ class MatMul(Op):
         a, b = self.saved_tensors
         a2 = a.unsqueeze(0) if a.ndim == 1 else a
         b2 = b.unsqueeze(-1) if b.ndim == 1 else b
-        g = gy.unsqueeze(-2) if a.ndim == 1 else gy
-        g = g.unsqueeze(-1) if b.ndim == 1 else g
+        batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+        g = gy.reshape(batch + (a2.shape[-2], b2.shape[-1]))  # the product of a2 and b2
         ga = gb = None
         if self.needs_input_grad[0]:
             ga = sum_to(g @ b2.transpose(-1, -2), a2.shape).reshape(a.shape)
