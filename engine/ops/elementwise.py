@@ -55,12 +55,26 @@ def broadcast_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
     return x if x.shape == tuple(shape) else BroadcastTo(tuple(shape))(x)
 
 
+def _check_broadcastable(a: tuple[int, ...], b: tuple[int, ...]) -> None:
+    """Raise torch's error for shapes that do not broadcast (naming the rightmost clash)."""
+    for i in range(1, min(len(a), len(b)) + 1):
+        if a[-i] != b[-i] and 1 not in (a[-i], b[-i]):
+            raise RuntimeError(
+                f"The size of tensor a ({a[-i]}) must match the size of tensor b ({b[-i]}) at "
+                f"non-singleton dimension {max(len(a), len(b)) - i}"
+            )
+
+
 class _Binary(Op):
     """Remembers the input shapes so each gradient can be summed back to its input."""
 
     def forward(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         self.shapes = (np.shape(a), np.shape(b))
-        return self.compute(a, b)
+        try:
+            return self.compute(a, b)
+        except ValueError:
+            _check_broadcastable(*self.shapes)
+            raise
 
     def compute(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise NotImplementedError
