@@ -18,6 +18,13 @@ class MatMul(Op):
                 "both arguments to matmul need to be at least 1D, but they are "
                 f"{a.ndim}D and {b.ndim}D"
             )
+        inner = b.shape[0 if b.ndim == 1 else -2]
+        if a.shape[-1] != inner:
+            rows, cols = a.shape[-2] if a.ndim > 1 else 1, b.shape[-1] if b.ndim > 1 else 1
+            raise RuntimeError(
+                f"mat1 and mat2 shapes cannot be multiplied ({rows}x{a.shape[-1]} and "
+                f"{inner}x{cols})"
+            )
         self.save_inputs(0, 1)
         self.backward_name = {(1, 1): "DotBackward0", (2, 1): "MvBackward0"}.get(
             (a.ndim, b.ndim), "MmBackward0"
