@@ -175,7 +175,8 @@ class Op(Node):
         self._inputs = inputs
         self._save_out: tuple[int, ...] = ()
         try:
-            outs = self.forward(*(x._data if isinstance(x, Tensor) else x for x in inputs))
+            with np.errstate(all="ignore"):  # inf and nan come out silently, as in torch
+                outs = self.forward(*(x._data if isinstance(x, Tensor) else x for x in inputs))
         finally:
             del self._inputs
         single = not isinstance(outs, tuple)
@@ -253,7 +254,7 @@ class Op(Node):
             with set_grad_enabled(create_graph):
                 result = self.backward(*grads)
         else:
-            with no_grad():
+            with no_grad(), np.errstate(all="ignore"):
                 result = self.backward(*(g._data for g in grads))
         if not isinstance(result, tuple):
             result = (result,)
