@@ -17,7 +17,7 @@ import functools
 import hashlib
 import math
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +41,14 @@ from cli.checkpoint import (
     TrainerState,
 )
 from cli.config import Config, load_config
-from cli.data import DataLoader, build_datasets
+from cli.data import DataLoader, ImageDataset, build_datasets
 from cli.errors import ConfigError, FinetuneError
-from cli.progress import Row, Tracker, open_display
+from cli.features import Features, backbone_features, head_only
+from cli.progress import Display, Row, Tracker, open_display
 from engine.nn import functional as F
 from engine.nn.utils import clip_grad_norm_
+
+Forward = Callable[[engine.Tensor], engine.Tensor]
 
 
 class Diverged(FinetuneError):
@@ -88,12 +91,8 @@ def train(
     else:
         state, history = _restore(folder, trainee, identity)
         folder.save_config(config)  # with the epochs a resume may add
-    data = config.data
-    loaders = (
-        DataLoader(train_set, data.batch_size, True, state.data_seed, data.num_workers),
-        DataLoader(val_set, data.batch_size, False, state.data_seed, data.num_workers),
-    )
-    with open_display(config.schedule.epochs) as display, StopRequest() as stop:
+    with open_display(config.schedule.epochs) as display:
+        forward, *loaders = _inputs(config, trainee, train_set, val_set, state.data_seed, display)
         tracker = Tracker(
             state,
             display,
@@ -101,11 +100,40 @@ def train(
             lr=lambda: trainee.optimizer.param_groups[0]["lr"],
             log_every=config.run.log_every,
         )
-        trainer = Trainer(config, trainee, state, folder, *loaders, tracker, stop, history)
-        display.note(trainer.describe(resumed=resume is not None))
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            trainer.fit()  # overflow shows as a NaN or inf loss, reported with advice
+        with StopRequest() as stop:
+            trainer = Trainer(
+                config, trainee, forward, state, folder, *loaders, tracker, stop, history
+            )
+            display.note(trainer.describe(resumed=resume is not None))
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                trainer.fit()  # overflow shows as a NaN or inf loss, reported with advice
     display.summary(history, state.best_epoch, folder.path / BEST)
+
+
+def _inputs(
+    config: Config,
+    trainee: Trainee,
+    train_set: ImageDataset,
+    val_set: ImageDataset,
+    seed: int,
+    display: Display,
+) -> tuple[Forward, DataLoader, DataLoader]:
+    """What the loop calls on each batch, and the training and validation loaders: the model
+    on images or, when only the head trains, the head on cached features (cli.features)."""
+    data = config.data
+
+    def loader(dataset: ImageDataset | Features, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, data.batch_size, shuffle, seed, data.num_workers)
+
+    model = trainee.model
+    if not (data.cache_features and head_only(trainee, train_set)):
+        return model, loader(train_set, True), loader(val_set, False)
+    display.note(
+        f"Only the head trains: computing the backbone's features of the {len(train_set)} "
+        f"+ {len(val_set)} images once"
+    )
+    train_set, val_set = (backbone_features(model, loader(s, False)) for s in (train_set, val_set))
+    return model.fc, loader(train_set, True), loader(val_set, False)
 
 
 def _check_class_count(config: Config, class_names: list[str]) -> None:
@@ -165,6 +193,7 @@ class Trainer:
 
     config: Config
     trainee: Trainee
+    forward: Forward  # the model, or its head when training on cached features
     state: TrainerState
     folder: RunFolder
     train_loader: DataLoader
@@ -192,7 +221,7 @@ class Trainer:
 
     def train_epoch(self) -> None:
         """The seed's step, for each remaining batch of the epoch."""
-        model, optimizer = self.trainee.model, self.trainee.optimizer
+        model, optimizer = self.forward, self.trainee.optimizer
         clip = self.config.schedule.grad_clip
         self.trainee.train_mode()
         for images, labels in self.train_loader:
@@ -212,8 +241,8 @@ class Trainer:
         """Mean loss and accuracy on the validation images (None when there are none)."""
         if len(self.val_loader) == 0:
             return None
-        model, tally = self.trainee.model, Tally()
-        model.eval()
+        model, tally = self.forward, Tally()
+        self.trainee.model.eval()
         with engine.no_grad():
             for images, labels in self.val_loader:
                 x, y = engine.from_numpy(images), engine.from_numpy(labels)

@@ -245,7 +245,7 @@ def test_a_used_run_folder_is_refused_unless_overwrite(
     assert [row["epoch"] for row in rows(run) if "step" not in row] == [1]
 
 
-def test_model_weights_are_loaded_and_frozen_as_configured(work: Path, first_epoch: Path):
+def test_a_frozen_backbone_trains_its_new_head_on_cached_features(work: Path, first_epoch: Path):
     # Transfer: the 1-epoch run's weights, everything frozen but a new 3-class head.
     config = write_config(
         work,
@@ -257,14 +257,20 @@ def test_model_weights_are_loaded_and_frozen_as_configured(work: Path, first_epo
             "bn": "eval",
         },
         data={"classes": ["2", "3", "4"]},
-        run={"output_dir": "transfer"},
     )
-    done = finetune("train", str(config), "schedule.epochs=1", cwd=work)
-    assert done.returncode == 0, done.stderr
-    before, after = (
-        weights(first_epoch / "best.safetensors"),
-        weights(work / "transfer/last.safetensors"),
-    )
-    assert after["fc.weight"].shape == (3, 512)
+    for cache in ("true", "false"):
+        done = finetune(
+            "train",
+            str(config),
+            f"data.cache_features={cache}",
+            f"run.output_dir=transfer-{cache}",
+            cwd=work,
+        )
+        assert done.returncode == 0, done.stderr
+        assert ("computing the backbone's features" in done.stdout) == (cache == "true")
+    before = weights(first_epoch / "best.safetensors")
+    cached, uncached = (weights(work / f"transfer-{c}/last.safetensors") for c in ("true", "false"))
+    assert cached["fc.weight"].shape == (3, 512)
+    assert_identical(cached, uncached)
     frozen = [name for name in before if not name.startswith("fc.")]
-    assert_identical({k: before[k] for k in frozen}, {k: after[k] for k in frozen})
+    assert_identical({k: before[k] for k in frozen}, {k: cached[k] for k in frozen})
