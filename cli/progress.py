@@ -136,9 +136,6 @@ class Bars(Display):
     def __exit__(self, *exc_info: object) -> None:
         self.bars.stop()
 
-    def note(self, text: str) -> None:
-        self.bars.console.print(text, markup=False, highlight=False, soft_wrap=True)
-
     def begin_epoch(self, epoch: int, batches: int, done: int) -> None:
         if self.current is not None:
             self.bars.remove_task(self.current)

@@ -42,7 +42,7 @@ from cli.checkpoint import (
 )
 from cli.config import Config, load_config
 from cli.data import DataLoader, ImageDataset, build_datasets
-from cli.errors import ConfigError, FinetuneError
+from cli.errors import ConfigError, DataError, FinetuneError
 from cli.features import Features, backbone_features, head_only
 from cli.progress import Display, Row, Tracker, open_display
 from engine.nn import functional as F
@@ -83,7 +83,7 @@ def train(
         engine.manual_seed(config.run.seed)
         trainee = build(config)
         train_set, val_set, class_names = build_datasets(config.data, config.run.seed)
-        _check_class_count(config, class_names)
+        _check_data(config, train_set, class_names)
     identity = hashlib.sha256(train_set.identity().encode()).hexdigest()
     if resume is None:
         state, history = TrainerState(data_seed=config.run.seed, data_identity=identity), []
@@ -136,7 +136,10 @@ def _inputs(
     return model.fc, loader(train_set, True), loader(val_set, False)
 
 
-def _check_class_count(config: Config, class_names: list[str]) -> None:
+def _check_data(config: Config, train_set: ImageDataset, class_names: list[str]) -> None:
+    if not len(train_set):
+        where = f" at {config.data.root}" if config.data.root else ""
+        raise DataError(f"no training images in the {config.data.dataset} data{where}")
     if len(class_names) != config.model.num_classes:
         raise ConfigError(
             [
