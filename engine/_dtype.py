@@ -107,6 +107,12 @@ def promote_types(a: np.dtype, b: np.dtype) -> np.dtype:
     return np.promote_types(a, b)
 
 
+def can_cast(source: np.dtype, target: np.dtype) -> bool:
+    """Whether an in-place op may write a ``source`` result into ``target`` (torch's canCast:
+    never down a category, float to int or int to bool)."""
+    return _CATEGORY[np.dtype(source).kind] <= _CATEGORY[np.dtype(target).kind]
+
+
 def result_type(*operands: Any) -> np.dtype:
     """The dtype torch computes in for arrays (tensors' data) and Python scalars.
 

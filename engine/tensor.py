@@ -736,6 +736,12 @@ class Tensor:
 
     def _inplace(self, ufunc: np.ufunc, other: Any, out_of_place: Callable[[], Tensor]) -> Tensor:
         other = self._operand(other)
+        result = promote(self, other, floating=ufunc is np.true_divide)[0]._data.dtype
+        if not _dtype.can_cast(result, self._data.dtype):
+            raise RuntimeError(
+                f"result type {_dtype.scalar_type_name(result)} can't be cast to the desired "
+                f"output type {_dtype.scalar_type_name(self._data.dtype)}"
+            )
         if self._records_inplace(other):
             return self._rebase(out_of_place())
         ufunc(self._data, other._data, out=self._data, casting="unsafe")
