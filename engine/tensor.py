@@ -697,6 +697,15 @@ class Tensor:
                 "operation."
             )
 
+    def _check_no_overlap(self) -> None:
+        """Refuse to compute in place into an expanded tensor, whose elements share memory."""
+        if any(s == 0 and n > 1 for s, n in zip(self._data.strides, self.shape, strict=True)):
+            raise RuntimeError(
+                "unsupported operation: more than one element of the written-to tensor refers to "
+                "a single memory location. Please clone() the tensor before performing the "
+                "operation."
+            )
+
     def _records_inplace(self, *others: Tensor) -> bool:
         """Whether an in-place op must go through the graph (else it just writes the array)."""
         self._check_inplace()
@@ -735,6 +744,7 @@ class Tensor:
         return t
 
     def _inplace(self, ufunc: np.ufunc, other: Any, out_of_place: Callable[[], Tensor]) -> Tensor:
+        self._check_no_overlap()
         other = self._operand(other)
         result = promote(self, other, floating=ufunc is np.true_divide)[0]._data.dtype
         if not _dtype.can_cast(result, self._data.dtype):
@@ -784,6 +794,7 @@ class Tensor:
         return self
 
     def _unary_inplace(self, out_of_place: Callable[[], Tensor]) -> Tensor:
+        self._check_no_overlap()
         if self._records_inplace():
             return self._rebase(out_of_place())
         with no_grad():
