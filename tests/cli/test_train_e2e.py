@@ -274,3 +274,19 @@ def test_a_frozen_backbone_trains_its_new_head_on_cached_features(work: Path, fi
     assert_identical(cached, uncached)
     frozen = [name for name in before if not name.startswith("fc.")]
     assert_identical({k: before[k] for k in frozen}, {k: cached[k] for k in frozen})
+
+
+def test_clipping_smoothing_and_adamw_with_warm_up_run(work: Path):
+    config = write_config(work, "options.yaml", run={"output_dir": "options"})
+    options = [
+        "schedule.grad_clip=0.5",
+        "schedule.label_smoothing=0.1",
+        "schedule.scheduler=cosine",
+        "schedule.warmup_epochs=1",
+        "optim.name=adamw",
+        "optim.weight_decay=0.01",
+    ]
+    done = finetune("train", str(config), *options, cwd=work)
+    assert done.returncode == 0, done.stderr
+    epochs = [row for row in rows(work / "options") if "step" not in row]
+    assert [row["lr"] for row in epochs] == [0.005, 0.01]  # warm-up from lr / 2, then cosine
