@@ -223,7 +223,7 @@ def inspect_model(
     ] = None,
 ) -> None:
     """Show a model: its tree as torch prints it, parameters (trainable or frozen), MACs."""
-    from cli.inspect import inspect_model as show
+    from cli.inspect_model import inspect_model as show
 
     show(config, arch, num_classes, input_size)
 
