@@ -41,11 +41,22 @@ class _GradMode:
         return ()
 
 
-class no_grad(_GradMode):  # noqa: N801 - torch's name
+class _NoParamGradMode(_GradMode):
+    """A grad mode that is also a decorator without parentheses: ``@no_grad`` as ``@no_grad()``."""
+
+    def __new__(cls, fn: F | None = None) -> Any:
+        mode = super().__new__(cls)
+        return mode if fn is None else mode(fn)
+
+    def __init__(self, fn: F | None = None) -> None:
+        pass
+
+
+class no_grad(_NoParamGradMode):  # noqa: N801 - torch's name
     mode = False
 
 
-class enable_grad(_GradMode):  # noqa: N801
+class enable_grad(_NoParamGradMode):  # noqa: N801
     mode = True
 
 
