@@ -203,10 +203,14 @@ class Op(Node):
             if out._data.dtype.kind == "f":
                 out.grad_fn, out._output_nr, out._requires_grad = self, nr, True
 
-    def save_inputs(self, *indices: int) -> None:
-        """Keep these inputs (as tensors) for backward; read them back with ``saved_tensors``."""
+    def save_inputs(self, *indices: int | None) -> None:
+        """Keep these inputs (as tensors) for backward; read them back with ``saved_tensors``
+        (``None`` where an index is None: an input that this backward will not need)."""
         if self.requires_grad:
-            self._saved_tensors = tuple((self._inputs[i], self._inputs[i]._vc[0]) for i in indices)
+            self._saved_tensors = tuple(
+                (None, 0) if i is None else (self._inputs[i], self._inputs[i]._vc[0])
+                for i in indices
+            )
 
     def save_outputs(self, *indices: int) -> None:
         """Keep these outputs for backward (after the saved inputs in ``saved_tensors``)."""
@@ -221,12 +225,10 @@ class Op(Node):
     def saved_tensors(self) -> tuple:
         if self._released:
             raise RuntimeError(FREED_GRAPH)
-        if not self._saved_tensors:
-            return ()
-        for tensor, version in self._saved_tensors:
-            if tensor._vc[0] != version:
+        for tensor, version in self._saved_tensors or ():
+            if tensor is not None and tensor._vc[0] != version:
                 raise RuntimeError(_modified_message(tensor, version))
-        return tuple(t for t, _ in self._saved_tensors)
+        return tuple(t for t, _ in self._saved_tensors or ())
 
     @property
     def saved_arrays(self) -> tuple:
@@ -323,15 +325,6 @@ class FunctionCtx(Op):
 
     def save_for_backward(self, *tensors: Tensor | None) -> None:
         self._saved_tensors = tuple((t, t._vc[0] if t is not None else 0) for t in tensors)
-
-    @property
-    def saved_tensors(self) -> tuple:
-        if self._released:
-            raise RuntimeError(FREED_GRAPH)
-        for tensor, version in self._saved_tensors or ():
-            if tensor is not None and tensor._vc[0] != version:
-                raise RuntimeError(_modified_message(tensor, version))
-        return tuple(t for t, _ in self._saved_tensors or ())
 
     def mark_non_differentiable(self, *tensors: Tensor) -> None:
         self.non_differentiable.update(id(t) for t in tensors)

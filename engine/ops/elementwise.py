@@ -104,7 +104,8 @@ class Sub(_Binary):
 
 class Mul(_Binary):
     def compute(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        self.save_inputs(0, 1)
+        need_a, need_b = self.needs_input_grad
+        self.save_inputs(0 if need_b else None, 1 if need_a else None)  # each needs the other
         return np.multiply(a, b)
 
     def backward(self, gy: Tensor) -> tuple:
@@ -115,7 +116,7 @@ class Mul(_Binary):
 
 class Div(_Binary):
     def compute(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        self.save_inputs(0, 1)
+        self.save_inputs(0 if self.needs_input_grad[1] else None, 1)
         return np.true_divide(a, b)
 
     def backward(self, gy: Tensor) -> tuple:

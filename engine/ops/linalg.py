@@ -25,7 +25,9 @@ class MatMul(Op):
                 f"mat1 and mat2 shapes cannot be multiplied ({rows}x{a.shape[-1]} and "
                 f"{inner}x{cols})"
             )
-        self.save_inputs(0, 1)
+        need_a, need_b = self.needs_input_grad
+        self.save_inputs(0 if need_b else None, 1 if need_a else None)  # each needs the other
+        self.shapes = (a.shape, b.shape)
         self.backward_name = {(1, 1): "DotBackward0", (2, 1): "MvBackward0"}.get(
             (a.ndim, b.ndim), "MmBackward0"
         )
@@ -33,13 +35,14 @@ class MatMul(Op):
 
     def backward(self, gy: Tensor) -> tuple:
         a, b = self.saved_tensors
-        a2 = a.unsqueeze(0) if a.ndim == 1 else a
-        b2 = b.unsqueeze(-1) if b.ndim == 1 else b
-        batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
-        g = gy.reshape(batch + (a2.shape[-2], b2.shape[-1]))  # the product of a2 and b2
+        a_shape, b_shape = self.shapes
+        a2_shape = (1, *a_shape) if len(a_shape) == 1 else a_shape  # vectors as matrices
+        b2_shape = (*b_shape, 1) if len(b_shape) == 1 else b_shape
+        batch = np.broadcast_shapes(a2_shape[:-2], b2_shape[:-2])
+        g = gy.reshape(batch + (a2_shape[-2], b2_shape[-1]))  # the product of the matrices
         ga = gb = None
         if self.needs_input_grad[0]:
-            ga = sum_to(g @ b2.transpose(-1, -2), a2.shape).reshape(a.shape)
+            ga = sum_to(g @ b.reshape(b2_shape).transpose(-1, -2), a2_shape).reshape(a_shape)
         if self.needs_input_grad[1]:
-            gb = sum_to(a2.transpose(-1, -2) @ g, b2.shape).reshape(b.shape)
+            gb = sum_to(a.reshape(a2_shape).transpose(-1, -2) @ g, b2_shape).reshape(b_shape)
         return ga, gb
