@@ -328,14 +328,24 @@ def test_grad_mode_is_restored_after_an_exception() -> None:
 @pytest.mark.parametrize(
     ("decorator", "records"),
     [
-        (engine.no_grad, False),
+        (engine.no_grad(), False),
+        (engine.enable_grad(), True),
+        (engine.no_grad, False),  # without parentheses, as torch allows
         (engine.enable_grad, True),
-        (lambda: engine.set_grad_enabled(False), False),  # which switches at once, as in torch
     ],
-    ids=["no_grad", "enable_grad", "set_grad_enabled"],
+    ids=["no_grad()", "enable_grad()", "no_grad", "enable_grad"],
 )
-def test_grad_modes_as_decorators(decorator: Callable[[], Any], records: bool) -> None:
-    @decorator()
+def test_grad_modes_as_decorators(decorator: Callable[[Any], Any], records: bool) -> None:
+    _assert_decorates(decorator, records)
+
+
+def test_set_grad_enabled_as_a_decorator() -> None:
+    _assert_decorates(engine.set_grad_enabled(False), records=False)  # switches, then restores
+    assert engine.is_grad_enabled()
+
+
+def _assert_decorates(decorator: Callable[[Any], Any], records: bool) -> None:
+    @decorator
     def double(x: engine.Tensor) -> engine.Tensor:
         """Doc."""
         return x * 2
@@ -627,6 +637,26 @@ def test_inplace_op_on_a_view_reaches_the_base_gradient(name: str) -> None:
 def test_inplace_op_on_a_view_parity(torch: Any, name: str) -> None:
     run, expected = VIEW_INPLACE[name]
     assert run(torch).tolist() == expected
+
+
+def _modify_an_input_backward_does_not_need(L: Any) -> list:
+    x, w = L.tensor([1.0, 2.0], requires_grad=True), L.tensor([[1.0, 2.0], [3.0, 4.0]])
+    h = x * 1
+    y = (h * 2).sum() + (h / 4).sum() + (h @ w).sum()  # no gradient reads h
+    h.add_(1)
+    y.backward()
+    return x.grad.tolist()
+
+
+def test_modifying_an_input_that_backward_does_not_need_is_allowed() -> None:
+    assert _modify_an_input_backward_does_not_need(engine) == [2.0 + 0.25 + 3.0, 2.0 + 0.25 + 7.0]
+
+
+@pytest.mark.torch
+def test_modifying_an_unneeded_input_parity(torch: Any) -> None:
+    assert _modify_an_input_backward_does_not_need(torch) == (
+        _modify_an_input_backward_does_not_need(engine)
+    )
 
 
 # ------------------------------------------------------------------ in-place ops under no_grad
