@@ -648,13 +648,10 @@ class Tensor:
 
     def repeat(self, *sizes: Any) -> Tensor:
         sizes = _shape_args(sizes)
-        x = self.reshape((1,) * (len(sizes) - self.ndim) + self.shape)
-        tiled = [x] * 1
-        out = x
+        out = self.reshape((1,) * (len(sizes) - self.ndim) + self.shape)
         for axis, n in enumerate(sizes):
             if n != 1:
                 out = cat([out] * n, axis)
-        del tiled
         return out
 
     def select(self, dim: int, index: int) -> Tensor:
