@@ -122,6 +122,32 @@ def _scatter(gx: np.ndarray, geo: PoolGeometry, part: Callable) -> np.ndarray:
     return gx
 
 
+def _running_max(
+    slices: tuple[np.ndarray, ...], track: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Maximum over the offsets' slices and, if ``track``, the offset of each maximum.
+
+    The first maximum wins, except that a NaN always takes over (torch's rule). Offsets only
+    grow, so the offset is updated branch-free as ``max(arg, k * better)`` in preallocated
+    buffers: a masked assignment is several times slower.
+    """
+    out = slices[0].copy()
+    if not track:
+        for s in slices[1:]:
+            np.maximum(out, s, out=out)
+        return out, None
+    itype = np.int8 if len(slices) <= 127 else np.int32
+    arg, step = np.zeros(out.shape, itype), np.empty(out.shape, itype)
+    better, nan = np.empty(out.shape, bool), np.empty(out.shape, bool)
+    for k, s in enumerate(slices[1:], start=1):
+        np.greater(s, out, out=better)
+        np.logical_or(better, np.isnan(s, out=nan), out=better)
+        np.multiply(better, itype(k), out=step)
+        np.maximum(arg, step, out=arg)
+        np.maximum(out, s, out=out)
+    return out, arg
+
+
 class MaxPool2DWithIndices(Op):
     """Max over each window; the first maximum (or a NaN) of a window gets the gradient."""
 
@@ -132,15 +158,7 @@ class MaxPool2DWithIndices(Op):
 
     def forward(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         slices = _window_slices(x, self.geo, -np.inf)
-        out = slices[0].copy()
-        keep_arg = self.requires_grad or self.return_indices
-        arg = np.zeros(out.shape, np.int16 if len(slices) > 127 else np.int8) if keep_arg else None
-        for k, s in enumerate(slices[1:], start=1):
-            if arg is not None:
-                better = np.greater(s, out)
-                better |= np.isnan(s)
-                np.copyto(arg, arg.dtype.type(k), where=better)
-            np.maximum(out, s, out=out)
+        out, arg = _running_max(slices, track=self.requires_grad or self.return_indices)
         self.save_arrays(arg)
         if self.return_indices:
             return nchw(out), nchw(self._flat_indices(arg))
@@ -159,7 +177,15 @@ class MaxPool2DWithIndices(Op):
         (arg,) = self.saved_arrays
         gy = nhwc(gy)
         gx = np.zeros((gy.shape[0], *self.geo.in_hw, gy.shape[3]), gy.dtype)
-        return nchw(_scatter(gx, self.geo, lambda k, r, c: gy[:, r, c] * (arg[:, r, c] == k)))
+        scratch = np.empty(gy.shape, gy.dtype)
+
+        def routed(k: int, rows: slice, cols: slice) -> np.ndarray:
+            """The part of ``gy`` whose window maximum sits at kernel offset ``k``."""
+            part = scratch[:, rows, cols]
+            np.equal(arg[:, rows, cols], k, out=part)
+            return np.multiply(part, gy[:, rows, cols], out=part)
+
+        return nchw(_scatter(gx, self.geo, routed))
 
 
 def _avg_divisor(
