@@ -1,11 +1,12 @@
 """Time conv2d forward and backward for every distinct ResNet18 conv shape, engine vs torch.
 
-Run ``python tests/bench_ops.py [--batch 32] [--size 64] [--reps 10]``. Each backend runs in
-its own subprocess (idle OpenBLAS threads spin after a call and would slow the other one),
-both on two threads, alternating for ``--rounds``; the table shows the median milliseconds
-per call (best round) and the ratio of the engine's forward + backward time to torch's. Activations and their gradients are channels-last
-for the engine (as in its ResNet), contiguous NCHW for torch (its default); conv1's input is
-the image, which needs no gradient.
+Run ``python tests/bench_ops.py [--batch 32] [--size 64] [--reps 10] [--rounds 2]``. Each
+backend runs in its own subprocess (idle OpenBLAS threads spin after a call and would slow
+the other one), on two threads, the two alternating for ``--rounds``. The table shows the
+fastest of all repetitions in milliseconds (robust to other work on a shared machine) and
+the ratio of the engine's forward + backward time to torch's. Activations and their
+gradients are channels-last for the engine (as in its ResNet), contiguous NCHW for torch
+(its default); conv1's input is the image, which needs no gradient.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from statistics import median
+from collections.abc import Callable
 
 # name, in channels, out channels, kernel, stride, padding, input size as a fraction of the image
 LAYERS = [
@@ -34,7 +35,22 @@ LAYERS = [
 ]
 
 
-def _time_engine(layer: tuple, batch: int, size: int, reps: int) -> tuple[float, float]:
+def _time(forward: Callable, backward: Callable, reset: Callable, reps: int) -> list[float]:
+    """Fastest forward and backward times over ``reps`` calls after one warm-up."""
+    fwd, bwd = [], []
+    for _ in range(reps + 1):
+        reset()
+        t0 = time.perf_counter()
+        y = forward()
+        t1 = time.perf_counter()
+        backward(y)
+        t2 = time.perf_counter()
+        fwd.append(t1 - t0)
+        bwd.append(t2 - t1)
+    return [min(fwd[1:]), min(bwd[1:])]
+
+
+def _time_engine(layer: tuple, batch: int, size: int, reps: int) -> list[float]:
     import numpy as np
 
     import engine
@@ -47,23 +63,16 @@ def _time_engine(layer: tuple, batch: int, size: int, reps: int) -> tuple[float,
     x = rng.standard_normal((batch, cin, hw, hw) if image else (batch, hw, hw, cin), np.float32)
     x = engine.from_numpy(x if image else x.transpose(0, 3, 1, 2)).requires_grad_(not image)
     w = engine.from_numpy(rng.standard_normal((cout, cin, k, k), np.float32)).requires_grad_()
-    y = conv2d(x, w, None, stride, pad)
-    n, c, ho, wo = y.shape
+    n, c, ho, wo = conv2d(x, w, None, stride, pad).shape
     gy = engine.from_numpy(rng.standard_normal((n, ho, wo, c), np.float32).transpose(0, 3, 1, 2))
-    fwd, bwd = [], []
-    for _ in range(reps + 2):
+
+    def reset() -> None:
         x.grad = w.grad = None
-        t0 = time.perf_counter()
-        y = conv2d(x, w, None, stride, pad)
-        t1 = time.perf_counter()
-        y.backward(gy)
-        t2 = time.perf_counter()
-        fwd.append(t1 - t0)
-        bwd.append(t2 - t1)
-    return median(fwd[2:]), median(bwd[2:])
+
+    return _time(lambda: conv2d(x, w, None, stride, pad), lambda y: y.backward(gy), reset, reps)
 
 
-def _time_torch(layer: tuple, batch: int, size: int, reps: int) -> tuple[float, float]:
+def _time_torch(layer: tuple, batch: int, size: int, reps: int) -> list[float]:
     import torch
 
     torch.set_num_threads(2)
@@ -71,19 +80,13 @@ def _time_torch(layer: tuple, batch: int, size: int, reps: int) -> tuple[float, 
     hw = size // div
     x = torch.randn(batch, cin, hw, hw, requires_grad=div != 1)
     w = torch.randn(cout, cin, k, k, requires_grad=True)
-    y = torch.nn.functional.conv2d(x, w, None, stride, pad)
-    gy = torch.randn_like(y)
-    fwd, bwd = [], []
-    for _ in range(reps + 2):
+    gy = torch.randn_like(torch.nn.functional.conv2d(x, w, None, stride, pad))
+
+    def reset() -> None:
         x.grad = w.grad = None
-        t0 = time.perf_counter()
-        y = torch.nn.functional.conv2d(x, w, None, stride, pad)
-        t1 = time.perf_counter()
-        y.backward(gy)
-        t2 = time.perf_counter()
-        fwd.append(t1 - t0)
-        bwd.append(t2 - t1)
-    return median(fwd[2:]), median(bwd[2:])
+
+    conv = torch.nn.functional.conv2d
+    return _time(lambda: conv(x, w, None, stride, pad), lambda y: y.backward(gy), reset, reps)
 
 
 def _run_backend(backend: str, args: argparse.Namespace) -> None:
@@ -101,7 +104,9 @@ def _measure(backend: str, args: argparse.Namespace) -> list:
 
 def _best(rounds: list) -> list:
     """Per layer, the fastest forward and backward over rounds (the least disturbed ones)."""
-    return [[min(times) for times in zip(*layer, strict=True)] for layer in zip(*rounds)]
+    return [
+        [min(times) for times in zip(*layer, strict=True)] for layer in zip(*rounds, strict=True)
+    ]
 
 
 def _table(engine_times: list, torch_times: list) -> str:
@@ -137,7 +142,7 @@ def main() -> None:
             results.append(_measure(backend, args))
             time.sleep(0.5)
     engine_times, torch_times = (_best(results) for results in runs.values())
-    print(f"conv2d, batch {args.batch}, {args.size}x{args.size} images, milliseconds (median)")
+    print(f"conv2d, batch {args.batch}, {args.size}x{args.size} images, best of runs, ms")
     print(_table(engine_times, torch_times))
 
 
