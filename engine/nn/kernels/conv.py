@@ -149,7 +149,11 @@ def input_grad_flipped(
 
 
 class Convolution(Op):
-    """``conv2d`` of an NCHW-shaped input (any memory layout) with an OIHW weight."""
+    """``conv2d`` of an NCHW-shaped input (any memory layout) with an OIHW weight.
+
+    Keeps for backward: the input and weight (version-checked), the im2col matrix when it was
+    built in one block, and the weight matrix when dX goes through col2im.
+    """
 
     differentiable = False
     backward_name = "ConvolutionBackward0"
@@ -170,12 +174,13 @@ class Convolution(Op):
         need_x, need_w, _ = self.needs_input_grad
         xp = pad_nhwc(nhwc(x), self.pads)
         wmat = weight_matrix(weight)
-        out, kept = gemm_conv(xp, wmat, self.win, self.out_hw, self.groups, keep=need_w)
+        keep = self.requires_grad and need_w
+        out, kept = gemm_conv(xp, wmat, self.win, self.out_hw, self.groups, keep)
         if bias is not None:
             out += bias
         self.save_inputs(0, 1)
         self.save_arrays(kept, wmat if need_x and not self._flipped(cout) else None)
-        self.weight_layout = weight.transpose(0, 2, 3, 1).flags.c_contiguous
+        self.weight_channels_last = weight.transpose(0, 2, 3, 1).flags.c_contiguous
         return nchw(out.reshape(n, *self.out_hw, cout))
 
     def _flipped(self, cout: int) -> bool:
@@ -212,7 +217,7 @@ class Convolution(Op):
         """The weight gradient in torch's shape, in the same memory layout as the weight."""
         cout, (kh, kw), cg = gw.shape[0], self.win.kernel, self.in_shape[3] // self.groups
         gw = gw.reshape(cout, kh, kw, cg).transpose(0, 3, 1, 2)
-        return gw if self.weight_layout else np.ascontiguousarray(gw)
+        return gw if self.weight_channels_last else np.ascontiguousarray(gw)
 
 
 _SCALAR_NAMES = {"float32": "Float", "float64": "Double", "float16": "Half"}
