@@ -123,3 +123,7 @@ def is_tensor(obj: object) -> builtins.bool:
 
 def numel(x: Tensor) -> int:
     return x.numel()
+
+
+# the subpackages, reachable after `import engine` as torch's are (`engine.nn`, `engine.optim`)
+from engine import io, models, nn, optim  # noqa: E402
