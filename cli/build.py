@@ -2,7 +2,8 @@
 
 The model is built as the seed does it by hand: load the weights, freeze by
 name pattern, then swap in a new `fc` when the head does not have
-`model.num_classes` outputs, so a new head is always trainable.
+`model.num_classes` outputs (or `model.new_head` asks for one), so a new head
+is always trainable.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             problem = f"model.weights: {cfg.weights} does not fit {cfg.arch}: {exc}"
             raise ConfigError([problem]) from None
     freeze(model, cfg)
-    if model.fc.out_features != cfg.num_classes:
+    if cfg.new_head or model.fc.out_features != cfg.num_classes:
         model.fc = nn.Linear(model.fc.in_features, cfg.num_classes)
     return model
 

@@ -120,7 +120,10 @@ class ModelConfig(_Section):
     `freeze` and `unfreeze` are fnmatch patterns over parameter names
     ("*", "layer4.*", "fc.*"): a parameter matching a freeze pattern is frozen,
     unless it also matches an unfreeze pattern. `bn` is the mode ("train" or
-    "eval") of BatchNorm layers whose parameters are all frozen.
+    "eval") of BatchNorm layers whose parameters are all frozen. The head `fc`
+    is replaced by a new one after freezing when the weights' head does not
+    have `num_classes` outputs, or always with `new_head` (a new task with as
+    many classes as the old one).
     """
 
     arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
@@ -129,6 +132,7 @@ class ModelConfig(_Section):
     freeze: Patterns = ()
     unfreeze: Patterns = ()
     bn: Literal["train", "eval"] = "train"
+    new_head: bool = False
 
 
 @dataclass(frozen=True)

@@ -276,6 +276,24 @@ def test_a_frozen_backbone_trains_its_new_head_on_cached_features(work: Path, fi
     assert_identical({k: before[k] for k in frozen}, {k: cached[k] for k in frozen})
 
 
+def test_new_head_replaces_a_head_that_already_fits(work: Path, first_epoch: Path):
+    # The 1-epoch run's head has 2 outputs; a 2-class transfer keeps it unless new_head is set.
+    config = write_config(
+        work,
+        "same-size.yaml",
+        model={"num_classes": 2, "weights": str(first_epoch / "best.safetensors"), "freeze": ["*"]},
+        data={"classes": ["2", "3"]},
+        schedule={"epochs": 1},
+    )
+    kept = finetune("train", str(config), "run.output_dir=kept", cwd=work)
+    assert kept.returncode == 2 and "every parameter is frozen" in kept.stderr.lower()
+    done = finetune("train", str(config), "model.new_head=true", "run.output_dir=new", cwd=work)
+    assert done.returncode == 0, done.stderr
+    before, after = weights(first_epoch / "best.safetensors"), weights(work / "new/last.safetensors")
+    assert after["fc.weight"].shape == before["fc.weight"].shape
+    assert not np.array_equal(after["fc.weight"], before["fc.weight"])
+
+
 def test_clipping_smoothing_and_adamw_with_warm_up_run(work: Path):
     config = write_config(work, "options.yaml", run={"output_dir": "options"})
     options = [
