@@ -289,7 +289,8 @@ def test_new_head_replaces_a_head_that_already_fits(work: Path, first_epoch: Pat
     assert kept.returncode == 2 and "every parameter is frozen" in kept.stderr.lower()
     done = finetune("train", str(config), "model.new_head=true", "run.output_dir=new", cwd=work)
     assert done.returncode == 0, done.stderr
-    before, after = weights(first_epoch / "best.safetensors"), weights(work / "new/last.safetensors")
+    before = weights(first_epoch / "best.safetensors")
+    after = weights(work / "new/last.safetensors")
     assert after["fc.weight"].shape == before["fc.weight"].shape
     assert not np.array_equal(after["fc.weight"], before["fc.weight"])
 
