@@ -9,7 +9,9 @@ A run folder holds:
 - `trainer_state.safetensors`: everything a resume needs, in one file written in one
   atomic step: the model's state dict (under "model."), the optimizer's and
   scheduler's state dicts and the loop's position, best metric and RNG state
-  (tensors under "optimizer." / "scheduler.", the rest as JSON in the metadata).
+  (tensors under "optimizer." / "scheduler.", the rest as JSON in the metadata);
+- `features/`: a linear probe's cached backbone features (cli.features), keyed by what
+  they depend on, so starting over with --overwrite keeps them for reuse.
 
 Every file is replaced atomically (a temporary file, then os.replace), so a
 failed write (full disk, Ctrl-C pressed twice) leaves the previous version whole.
@@ -44,6 +46,7 @@ METRICS = "metrics.jsonl"
 LAST = "last.safetensors"
 BEST = "best.safetensors"
 TRAINER_STATE = "trainer_state.safetensors"
+FEATURES = "features"
 RUN_FILES = (CONFIG, CLASSES, METRICS, LAST, BEST, TRAINER_STATE)
 _FORMAT = "finetune.trainer_state.v1"
 RESUMABLE_CHANGES = ("schedule.epochs", "run.log_every", "run.checkpoint_every", "data.num_workers")

@@ -32,6 +32,7 @@ from cli.build import Trainee, build
 from cli.checkpoint import (
     BEST,
     CONFIG,
+    FEATURES,
     LAST,
     TRAINER_STATE,
     Checkpoint,
@@ -43,8 +44,8 @@ from cli.checkpoint import (
 from cli.config import Config, load_config
 from cli.data import DataLoader, ImageDataset, build_datasets
 from cli.errors import ConfigError, DataError, FinetuneError
-from cli.features import Features, backbone_features, head_only
-from cli.progress import Display, Row, Tracker, open_display
+from cli.features import Features, cached_features, head_only
+from cli.progress import Row, Tracker, open_display
 from engine.nn import functional as F
 from engine.nn.utils import clip_grad_norm_
 
@@ -91,8 +92,11 @@ def train(
     else:
         state, history = _restore(folder, trainee, identity)
         folder.save_config(config)  # with the epochs a resume may add
-    with open_display(config.schedule.epochs) as display:
-        forward, *loaders = _inputs(config, trainee, train_set, val_set, state.data_seed, display)
+    console = Console()
+    forward, *loaders = _inputs(
+        config, trainee, train_set, val_set, state.data_seed, folder, console
+    )
+    with open_display(config.schedule.epochs, console) as display:
         tracker = Tracker(
             state,
             display,
@@ -116,10 +120,12 @@ def _inputs(
     train_set: ImageDataset,
     val_set: ImageDataset,
     seed: int,
-    display: Display,
+    folder: RunFolder,
+    console: Console,
 ) -> tuple[Forward, DataLoader, DataLoader]:
     """What the loop calls on each batch, and the training and validation loaders: the model
-    on images or, when only the head trains, the head on cached features (cli.features)."""
+    on images or, when only the head trains, the head on features cached in the run folder
+    (cli.features; computed before the progress display opens, with a bar of their own)."""
     data = config.data
 
     def loader(dataset: ImageDataset | Features, shuffle: bool) -> DataLoader:
@@ -128,11 +134,8 @@ def _inputs(
     model = trainee.model
     if not (data.cache_features and head_only(trainee, train_set)):
         return model, loader(train_set, True), loader(val_set, False)
-    display.note(
-        f"Only the head trains: computing the backbone's features of the {len(train_set)} "
-        f"+ {len(val_set)} images once"
-    )
-    train_set, val_set = (backbone_features(model, loader(s, False)) for s in (train_set, val_set))
+    splits = {"train": train_set, "val": val_set}
+    train_set, val_set = cached_features(config, model, splits, folder.path / FEATURES, console)
     return model.fc, loader(train_set, True), loader(val_set, False)
 
 
