@@ -347,5 +347,80 @@ def predict(
     run_prediction(run_dir, images, top_k, weights)
 
 
+@verb(
+    "finetune bench                        # train, frozen, eval at 32x64 and 16x224; the loader",
+    "finetune bench --vs-torch --json bench.json     # engine/torch ratios, figures for tracking",
+    "finetune bench --workload train --size 8x112 --profile    # where the engine's time goes",
+    "finetune bench --workload loader --loader ~/pets/train    # your own folder of images",
+)
+def bench(
+    workload: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--workload",
+            metavar="NAME",
+            help="train, frozen, eval or loader; repeatable or comma-separated (default: all).",
+            show_default=False,
+        ),
+    ] = None,
+    size: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--size",
+            metavar="BATCHxPIXELS",
+            help="A batch and image side (32x64: 32 images of 64x64), or PIXELS at --batch; "
+            "repeatable or comma-separated (default: 32x64,16x224).",
+            show_default=False,
+        ),
+    ] = None,
+    batch: Annotated[
+        int | None,
+        typer.Option(
+            "--batch",
+            min=1,
+            help="Batch of the sizes given as PIXELS (and of the defaults).",
+            show_default=False,
+        ),
+    ] = None,
+    rounds: Annotated[
+        int, typer.Option("--rounds", min=1, help="Runs of each case per backend.")
+    ] = 3,
+    warmup: Annotated[
+        int, typer.Option("--warmup", min=0, help="Untimed steps at the start of a run.")
+    ] = 2,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Timed steps of a run.")] = 5,
+    vs_torch: Annotated[
+        bool,
+        typer.Option("--vs-torch", help="Also time torch (needs a source checkout and torch)."),
+    ] = False,
+    profile: Annotated[
+        bool, typer.Option("--profile", help="Break the engine's steps down by op.")
+    ] = False,
+    json_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--json", metavar="FILE", dir_okay=False, help="Write all figures to FILE as JSON."
+        ),
+    ] = None,
+    loader: Annotated[
+        Path | None,
+        typer.Option(
+            "--loader",
+            metavar="DIR",
+            exists=True,
+            file_okay=False,
+            help="The loader's folder of class folders (default: 256 generated 224x224 JPEGs).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Time ResNet18 training, frozen-backbone and eval steps, and the data loader alone."""
+    from cli.bench import Settings
+    from cli.bench import bench as run_bench
+
+    settings = Settings(rounds, warmup, steps, profile, vs_torch)
+    run_bench(workload, size, batch, settings, json_file, loader)
+
+
 if __name__ == "__main__":
     app()
