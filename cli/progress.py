@@ -202,6 +202,11 @@ class Tracker:
             self.display.log(row)
             self.window = Tally()
 
+    def skip(self, reason: str) -> None:
+        """Pass over a batch without a training step, saying why."""
+        self.state.batch += 1
+        self.display.note(f"note: {reason}")
+
     def end_epoch(self, val: tuple[float, float] | None) -> Row:
         """The epoch's row (recorded and shown), once training and validation are done."""
         tally = self.state.tally

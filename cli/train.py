@@ -46,10 +46,17 @@ from cli.data import DataLoader, ImageDataset, build_datasets
 from cli.errors import ConfigError, DataError, FinetuneError
 from cli.features import Features, cached_features, head_only
 from cli.progress import Row, Tracker, open_display
+from engine import nn
 from engine.nn import functional as F
 from engine.nn.utils import clip_grad_norm_
 
 Forward = Callable[[engine.Tensor], engine.Tensor]
+
+
+LONE_IMAGE = (
+    "skipped a training batch of one image: BatchNorm cannot normalise a single image in "
+    "training mode (a batch_size that leaves no lone last image avoids this)"
+)
 
 
 class Diverged(FinetuneError):
@@ -112,6 +119,18 @@ def train(
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 trainer.fit()  # overflow shows as a NaN or inf loss, reported with advice
     display.summary(history, state.best_epoch, folder.path / BEST)
+    _report_skipped(train_set, val_set)
+
+
+def _report_skipped(*datasets: ImageDataset) -> None:
+    """Name the unreadable images that `data.on_bad_image: skip` left out of the run."""
+    skipped = [path for dataset in datasets for path in dataset.skipped]
+    if skipped:
+        Console(stderr=True, soft_wrap=True).print(
+            f"warning: skipped {len(skipped)} unreadable image(s) (data.on_bad_image=skip): "
+            + ", ".join(skipped),
+            markup=False,
+        )
 
 
 def _inputs(
@@ -231,6 +250,9 @@ class Trainer:
         clip = self.config.schedule.grad_clip
         self.trainee.train_mode()
         for images, labels in self.train_loader:
+            if len(labels) == 1 and self.normalises_batches():
+                self.tracker.skip(LONE_IMAGE)
+                continue
             x, y = engine.from_numpy(images), engine.from_numpy(labels)
             logits = model(x)
             loss = self.criterion(logits, y)
@@ -242,6 +264,12 @@ class Trainer:
             optimizer.step()
             self.tracker.step(loss.item(), correct(logits, y), len(labels))
             self.stop_if_requested()
+
+    def normalises_batches(self) -> bool:
+        """Whether a BatchNorm layer trains on batch statistics (which one image cannot give)."""
+        return any(
+            isinstance(layer, nn.BatchNorm2d) and layer.training for layer in self.forward.modules()
+        )
 
     def validate(self) -> tuple[float, float] | None:
         """Mean loss and accuracy on the validation images (None when there are none)."""

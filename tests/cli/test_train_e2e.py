@@ -309,3 +309,53 @@ def test_clipping_smoothing_and_adamw_with_warm_up_run(work: Path):
     assert done.returncode == 0, done.stderr
     epochs = [row for row in rows(work / "options") if "step" not in row]
     assert [row["lr"] for row in epochs] == [0.005, 0.01]  # warm-up from lr / 2, then cosine
+
+
+@pytest.fixture
+def folder_with_a_corrupt_image(tmp_path: Path) -> Path:
+    """An ImageFolder of two classes of tiny PNGs, one of them a truncated file."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for label in ("circle", "square"):
+        (root / label).mkdir(parents=True)
+        for i in range(8):
+            pixels = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{i}.png")
+    (root / "square" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return root
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_an_unreadable_image_stops_or_is_skipped(tmp_path, folder_with_a_corrupt_image, policy):
+    config = write_config(
+        tmp_path,
+        data={
+            "dataset": "imagefolder",
+            "root": str(folder_with_a_corrupt_image),
+            "classes": None,
+            "limit": None,
+            "val_fraction": 0.25,
+            "on_bad_image": policy,
+        },
+        schedule={"epochs": 1},
+        run={"output_dir": "run"},
+    )
+    done = finetune("train", str(config), cwd=tmp_path)
+    broken = str(folder_with_a_corrupt_image / "square" / "broken.png")
+    assert "Traceback" not in done.stderr
+    assert broken in done.stderr
+    if policy == "stop":
+        assert done.returncode == 1
+        assert "data.on_bad_image=skip" in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+        assert "skipped 1 unreadable image" in done.stderr
+
+
+def test_a_lone_last_image_is_passed_over_in_training_with_a_note(tmp_path):
+    config = write_config(tmp_path, data={"batch_size": 5}, schedule={"epochs": 1})
+    done = finetune("train", str(config), "run.output_dir=run", cwd=tmp_path)  # 16 = 3 x 5 + 1
+    assert done.returncode == 0, done.stderr
+    assert "skipped a training batch of one image" in done.stdout
