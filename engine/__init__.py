@@ -7,6 +7,10 @@
 
 import builtins
 
+from engine._malloc import keep_freed_memory
+
+keep_freed_memory()
+
 from engine._dtype import (
     bool_,
     double,
