@@ -21,6 +21,29 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
+def norm_relu(
+    norm: nn.Module,
+    relu: nn.Module,
+    x: Tensor,
+    shortcut: Tensor | None = None,
+    downsample: nn.Module | None = None,
+) -> Tensor:
+    """``relu(norm(x) + downsample(shortcut))`` (without the sum when ``shortcut`` is None),
+    modules called in torchvision's order. One fused kernel, with the same numbers, when
+    ``norm`` and ``relu`` are a plain ``BatchNorm2d`` and ``ReLU`` without hooks."""
+    fused = _plain(norm, nn.BatchNorm2d) and _plain(relu, nn.ReLU)
+    out = None if fused else norm(x)
+    if shortcut is not None and downsample is not None:
+        shortcut = downsample(shortcut)
+    if fused:
+        return norm(x, residual=shortcut, relu=True)
+    return relu(out if shortcut is None else out + shortcut)
+
+
+def _plain(module: nn.Module, cls: type) -> bool:
+    return type(module) is cls and not module._forward_hooks and not module._forward_pre_hooks
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with a shortcut (ResNet-18/34)."""
 
@@ -39,10 +62,8 @@ class BasicBlock(nn.Module):
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+        out = norm_relu(self.bn1, self.relu, self.conv1(x))
+        return norm_relu(self.bn2, self.relu, self.conv2(out), x, self.downsample)
 
 
 class Bottleneck(nn.Module):
@@ -65,11 +86,9 @@ class Bottleneck(nn.Module):
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+        out = norm_relu(self.bn1, self.relu, self.conv1(x))
+        out = norm_relu(self.bn2, self.relu, self.conv2(out))
+        return norm_relu(self.bn3, self.relu, self.conv3(out), x, self.downsample)
 
 
 Block = type[BasicBlock] | type[Bottleneck]
@@ -128,7 +147,7 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(norm_relu(self.bn1, self.relu, self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = self.avgpool(x).flatten(1)
         return self.fc(x)

@@ -154,6 +154,34 @@ def test_frozen_backbone_trains_only_the_new_head(torch, rng):
     assert_close(ours.bn1.running_mean.numpy(), theirs.bn1.running_mean.numpy())
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_hooks_switch_blocks_to_module_calls_with_the_same_numbers(rng, arch):
+    """Blocks run ``relu(bn(x) + shortcut)`` as one kernel when their BatchNorm2d and ReLU are
+    plain; a forward hook gets the modules called one by one, in torchvision's order, and
+    the very same loss, gradients and running statistics."""
+    x, target = engine.tensor(images(rng, 4)), engine.tensor(np.array([3, 7, 0, 9]))
+    results, calls = [], []
+    for hooked in (False, True):
+        engine.manual_seed(0)
+        model = BUILDERS[arch](num_classes=10)
+        if hooked:
+            for name, module in model.named_modules():
+                if isinstance(module, nn.BatchNorm2d | nn.ReLU) or name.endswith("downsample"):
+                    module.register_forward_hook(lambda m, i, o, name=name: calls.append(name))
+        loss = nn.CrossEntropyLoss()(model(x), target)
+        loss.backward()
+        grads = [p.grad.numpy() for p in model.parameters()]
+        results.append([loss.detach().numpy(), *grads, *(b.numpy() for b in model.buffers())])
+    for fused, separate in zip(*results, strict=True):
+        np.testing.assert_array_equal(fused, separate)
+    last = "layer2.0.bn3" if arch == "resnet50" else "layer2.0.bn2"
+    assert (
+        calls.index(last)
+        < calls.index("layer2.0.downsample")
+        < calls.index("layer2.0.relu", calls.index(last))
+    )
+
+
 @pytest.mark.parametrize(
     "make",
     [

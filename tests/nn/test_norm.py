@@ -92,6 +92,85 @@ def test_gradcheck_eval_with_frozen_weight_and_trainable_bias(rng):
     assert gradcheck(lambda x, b: F.batch_norm(x, mean, var, weight, b), (x, bias))
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("residual", [True, False], ids=["residual", "alone"])
+def test_gradcheck_fused_relu(rng, block, layout, training, residual):
+    """``relu(batch_norm(x) + r)`` as one op: gradients of x, weight, bias and the residual."""
+    x = engine.from_numpy(make_input(rng, layout)).requires_grad_()
+    weight, bias, mean, var = (engine.from_numpy(a) for a in channel_params(rng, x.shape[1]))
+    r = engine.from_numpy(make_input(rng, "nhwc", shape=x.shape)).requires_grad_()
+
+    def fn(x, weight, bias, r):
+        return F.batch_norm(
+            x, mean, var, weight, bias, training, residual=r if residual else None, relu=True
+        )
+
+    assert gradcheck(fn, (x, weight.requires_grad_(), bias.requires_grad_(), r))
+
+
+def fused_reference(functional, x, residual, *args):
+    """``relu(batch_norm(x, *args) + residual)`` with separate ops (torch's or the engine's)."""
+    out = functional.batch_norm(x, *args)
+    return functional.relu(out if residual is None else out + residual)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("residual", [True, False], ids=["residual", "alone"])
+def test_fused_relu_matches_torch(torch, rng, block, layout, training, residual):
+    data = make_input(rng, layout, np.float32, shape=(4, 3, 5, 6))
+    extra = make_input(rng, layout, np.float32, shape=data.shape) if residual else None
+    params = channel_params(rng, 3, np.float32)
+    grad = rng.standard_normal(data.shape).astype(np.float32)
+    results = []
+    for lib in (engine, torch):
+        x = lib.from_numpy(data.copy()).requires_grad_()
+        r = None if extra is None else lib.from_numpy(extra.copy()).requires_grad_()
+        weight, bias, mean, var = (lib.from_numpy(a.copy()) for a in params)
+        weight.requires_grad_()
+        bias.requires_grad_()
+        args = (mean, var, weight, bias, training, 0.1)
+        if lib is engine:
+            out = F.batch_norm(x, *args, residual=r, relu=True)
+            assert out.grad_fn.name() == "ReluBackward0"
+        else:
+            out = fused_reference(torch.nn.functional, x, r, *args)
+        out.backward(lib.from_numpy(grad))
+        grads = [x.grad, weight.grad, bias.grad] + ([] if r is None else [r.grad])
+        results.append([out, *grads, mean, var])
+    for ours, theirs in zip(*results, strict=True):
+        assert_close(ours, theirs)
+
+
+def test_fused_relu_gives_the_numbers_of_separate_ops(rng):
+    """Bit for bit: the same float32 operations in the same order, in one pass."""
+    data = make_input(rng, "nhwc", np.float32, shape=(4, 3, 5, 6))
+    extra = make_input(rng, "nhwc", np.float32, shape=data.shape)
+    grad = rng.standard_normal(data.shape).astype(np.float32)
+    params = channel_params(rng, 3, np.float32)
+    results = []
+    for fused in (True, False):
+        x, r = (engine.from_numpy(a.copy()).requires_grad_() for a in (data, extra))
+        weight, bias, mean, var = (engine.from_numpy(a.copy()) for a in params)
+        weight.requires_grad_()
+        args = (mean, var, weight, bias, True)
+        if fused:
+            out = F.batch_norm(x, *args, residual=r, relu=True)
+        else:
+            out = fused_reference(F, x, r, *args)
+        out.backward(engine.from_numpy(grad))
+        results.append([out.detach(), x.grad, r.grad, weight.grad, mean, var])
+    for ours, separate in zip(*results, strict=True):
+        np.testing.assert_array_equal(ours.numpy(), separate.numpy())
+
+
+def test_fused_relu_checks_the_residual_shape():
+    with pytest.raises(RuntimeError, match="residual of shape \\[2, 3\\] does not match"):
+        F.batch_norm(engine.zeros(2, 4), None, None, training=True, residual=engine.zeros(2, 3))
+
+
 def run(lib, functional, steps, params, grad, affine="trainable", training=True):
     """Batch-norm each ``(input, momentum)`` of ``steps`` in turn with ``lib`` (engine or
     torch), then backward the last.

@@ -1,5 +1,8 @@
 """Batch normalisation as one fused op: per-channel statistics, affine map and backward.
 
+The op can also add a residual and apply ReLU in the same pass (ResNet's ``relu(bn(x) + x0)``),
+with backward masking the gradient on its way in.
+
 All the work happens on a channels-last ``(N', L, C)`` view of the input (free for NHWC memory,
 for NCHW-contiguous memory and for ``(N, C)`` matrices), walked in blocks of rows that stay in
 cache. Channel sums are BLAS products with a ones vector and squared deviations are summed by
@@ -108,8 +111,15 @@ def _center(mean: np.ndarray, invstd: np.ndarray) -> np.ndarray | None:
 Term = tuple[np.ndarray, np.ndarray | None, np.ndarray]  # rows, per-channel center, coefficient
 
 
-def _combine(out: np.ndarray, terms: list[Term], const: np.ndarray | None = None) -> None:
-    """``out = sum((rows - center) * coef) + const`` per channel, block by block.
+def _combine(
+    out: np.ndarray,
+    terms: list[Term],
+    const: np.ndarray | None = None,
+    addend: np.ndarray | None = None,
+    relu: bool = False,
+) -> None:
+    """``out = sum((rows - center) * coef) + const + addend`` per channel, then ReLU if ``relu``,
+    block by block.
 
     A ``None`` center is zero. Centering before scaling keeps the result accurate when the
     values sit far from zero next to their spread.
@@ -120,8 +130,9 @@ def _combine(out: np.ndarray, terms: list[Term], const: np.ndarray | None = None
         for _, center, coef in terms
     ]
     const = None if const is None else const.astype(dtype)
-    for target, *blocks in _blocks(out, *(rows for rows, _, _ in terms)):
-        for i, (block, (center, coef)) in enumerate(zip(blocks, cast, strict=True)):
+    views = [out, *(rows for rows, _, _ in terms)] + ([] if addend is None else [addend])
+    for target, *blocks in _blocks(*views):
+        for i, (block, (center, coef)) in enumerate(zip(blocks, cast, strict=False)):
             part = target if i == 0 else np.empty_like(block)
             if center is None:
                 np.multiply(block, coef, out=part)
@@ -132,23 +143,42 @@ def _combine(out: np.ndarray, terms: list[Term], const: np.ndarray | None = None
                 target += part
         if const is not None:
             target += const
+        if addend is not None:
+            target += blocks[-1]
+        if relu:
+            np.maximum(target, 0, out=target)
+
+
+def _relu_grad(grad: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``grad`` where ``out`` (a ReLU's output) is positive, else 0, as a fresh array laid out
+    like ``out``: multiplying by the mask block by block beats masked assignment."""
+    masked = np.empty_like(out)
+    views = _rows(_like(out, grad)), _rows(out), _rows(masked)
+    flags = np.empty((_block_rows(out.shape[1]), out.shape[1]), bool)
+    for g, y, m in _blocks(*views):
+        np.multiply(g, np.greater(y, 0, out=flags[: len(y)]), out=m)
+    return masked
 
 
 class BatchNorm(Op):
-    """``batch_norm`` of ``(input, weight, bias, running_mean, running_var)``.
+    """``batch_norm`` of ``(input, weight, bias, running_mean, running_var, residual)``.
 
     In training, normalises with the batch statistics and leaves them in ``batch_mean`` and
     ``batch_var`` (biased) for the caller to update the running buffers; in eval, uses the
-    running statistics, which makes it an affine map per channel.
+    running statistics, which makes it an affine map per channel. Then adds ``residual`` (if
+    not None) and, with ``relu``, applies ReLU: the output's grad_fn is then named as torch
+    names that last op.
     """
 
     differentiable = False
     backward_name = "NativeBatchNormBackward0"
 
-    def __init__(self, training: bool, eps: float) -> None:
-        self.training, self.eps = training, eps
+    def __init__(self, training: bool, eps: float, relu: bool = False) -> None:
+        self.training, self.eps, self.relu = training, eps, relu
+        if relu:
+            self.backward_name = "ReluBackward0"
 
-    def forward(self, x, weight, bias, running_mean, running_var) -> np.ndarray:  # noqa: ANN001
+    def forward(self, x, weight, bias, running_mean, running_var, residual) -> np.ndarray:  # noqa: ANN001
         x = _dense(x)
         rows = _rows(x)
         if self.training:
@@ -163,16 +193,25 @@ class BatchNorm(Op):
         if center is None:
             bias = -mean * scale if bias is None else bias - mean * scale
         out = np.empty_like(x)
-        _combine(_rows(out), [(rows, center, scale)], bias)
+        addend = None if residual is None else _rows(_like(x, residual))
+        _combine(_rows(out), [(rows, center, scale)], bias, addend, self.relu)
         if self.requires_grad:
             need_x = self.training or self.needs_input_grad[1]
             self.kept = [i for i, keep in ((0, need_x), (1, weight is not None)) if keep]
             self.save_inputs(*self.kept)
             self.save_arrays(mean, invstd)
+            if self.relu:
+                self.save_outputs(0)
         return out
 
     def backward(self, grad: np.ndarray) -> tuple:
-        saved = dict(zip(self.kept, self.saved_tensors, strict=True))
+        inputs = list(self.saved_tensors)
+        if self.relu:
+            grad = _relu_grad(grad, inputs.pop()._data)
+        residual_grad = None
+        if self.needs_input_grad[5]:  # the masked gradient is ours; an incoming one is not
+            residual_grad = grad if self.relu else grad.copy(order="K")
+        saved = dict(zip(self.kept, inputs, strict=True))
         mean, invstd = self.saved_arrays
         scale = invstd * saved[1]._data if 1 in saved else invstd
         need_x, need_w, need_b = self.needs_input_grad[:3]
@@ -197,7 +236,7 @@ class BatchNorm(Op):
             _combine(_rows(dx), terms, const)
         dw = (dot * invstd).astype(grad.dtype) if need_w else None
         db = sum_dy.astype(grad.dtype) if need_b else None
-        return dx, dw, db, None, None
+        return dx, dw, db, None, None, residual_grad
 
 
 def _check_sizes(input: Tensor, **vectors: Tensor | None) -> None:
@@ -223,11 +262,16 @@ def batch_norm(
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    *,
+    residual: Tensor | None = None,
+    relu: bool = False,
 ) -> Tensor:
     """Batch normalisation over the channel axis 1 of an ``(N, C, *)`` input, as torch's.
 
     In training, normalises with the batch's biased variance and updates the running buffers
-    in place with the unbiased one; in eval, normalises with the running statistics.
+    in place with the unbiased one; in eval, normalises with the running statistics. The
+    engine's extras: ``relu(batch_norm(...) + residual)`` in the same pass over memory, with
+    ``residual`` (of the input's shape and dtype) and ``relu``.
     """
     if training:
         size = input.shape
@@ -243,8 +287,12 @@ def batch_norm(
     _check_sizes(
         input, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var
     )
-    op = BatchNorm(training, eps)
-    out = op(input, weight, bias, running_mean, running_var)
+    if residual is not None and residual.shape != input.shape:
+        raise RuntimeError(
+            f"residual of shape {list(residual.shape)} does not match input {list(input.shape)}"
+        )
+    op = BatchNorm(training, eps, relu)
+    out = op(input, weight, bias, running_mean, running_var, residual)
     if training and running_mean is not None:
         _update_running(running_mean, op.batch_mean, momentum)
     if training and running_var is not None:

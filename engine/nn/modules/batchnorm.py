@@ -62,7 +62,11 @@ class BatchNorm2d(Module):
             init.ones_(self.weight)
             init.zeros_(self.bias)
 
-    def forward(self, input: Tensor) -> Tensor:
+    def forward(
+        self, input: Tensor, *, residual: Tensor | None = None, relu: bool = False
+    ) -> Tensor:
+        """Normalise ``input``; the engine's extras ``residual`` and ``relu`` give
+        ``relu(self(input) + residual)`` in one pass over memory (ResNet's blocks)."""
         if input.ndim != 4:
             raise ValueError(f"expected 4D input (got {input.ndim}D input)")
         factor = 0.0 if self.momentum is None else self.momentum
@@ -81,6 +85,8 @@ class BatchNorm2d(Module):
             use_batch_stats,
             factor,
             self.eps,
+            residual=residual,
+            relu=relu,
         )
 
     def extra_repr(self) -> str:
