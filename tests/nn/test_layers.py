@@ -265,6 +265,17 @@ def test_layer_parameter_names_and_shapes():
     assert isinstance(bn.weight, nn.Parameter) and not bn.running_mean.requires_grad
 
 
+def test_conv_weight_and_its_gradient_are_channels_last_in_memory():
+    """torch's (O, I, kH, kW) shape over (O, kH, kW, I) memory: the convolution reads the
+    weight matrix and writes the gradient without copies; loading keeps the layout."""
+    conv = nn.Conv2d(4, 6, 3, groups=2)
+    layout = conv.weight._data.strides
+    assert conv.weight._data.transpose(0, 2, 3, 1).flags.c_contiguous
+    conv.load_state_dict({k: v.numpy().copy() for k, v in conv.state_dict().items()})
+    conv(engine.randn(2, 4, 5, 5)).sum().backward()
+    assert conv.weight._data.strides == layout and conv.weight.grad._data.strides == layout
+
+
 # ------------------------------------------------------------------ default init
 def test_linear_and_conv_default_init_is_uniform_in_fan_in_bound():
     engine.manual_seed(0)

@@ -142,8 +142,10 @@ def input_grad_flipped(
     (dh, dw), cog = win.dilation, cout // groups
     reach_h, reach_w = dh * (kh - 1), dw * (kw - 1)
     gyp = pad_nhwc(gy, (reach_h - pads[0], reach_h - pads[1], reach_w - pads[2], reach_w - pads[3]))
-    flipped = weight.reshape(groups, cog, cg, kh, kw)[:, :, :, ::-1, ::-1]
-    wmat = flipped.transpose(0, 2, 3, 4, 1).reshape(groups * cg, kh * kw * cog)
+    # (groups, kh, kw, cog, cg): for a channels-last weight, a permutation of contiguous rows
+    flipped = weight.reshape(groups, cog, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 3, 4, 1, 2)
+    rows = np.ascontiguousarray(flipped).reshape(groups, kh * kw * cog, cg)
+    wmat = rows.transpose(0, 2, 1).reshape(groups * cg, kh * kw * cog)  # a view for one group
     out, _ = gemm_conv(gyp, wmat, win._replace(stride=(1, 1)), in_hw, groups)
     return out.reshape(gy.shape[0], *in_hw, groups * cg)
 

@@ -64,7 +64,10 @@ class Conv2d(Module):
             self.padding = padding
         else:
             self.padding = _pair(padding)
-        self.weight = Parameter(empty(out_channels, in_channels // groups, *self.kernel_size))
+        # channels-last memory (O, kH, kW, I) under torch's shape: the convolution's weight
+        # matrix and weight gradient are then views, never copies
+        weight = empty(out_channels, *self.kernel_size, in_channels // groups)
+        self.weight = Parameter(weight.permute(0, 3, 1, 2))
         if bias:
             self.bias = Parameter(empty(out_channels))
         else:
