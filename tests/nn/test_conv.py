@@ -75,11 +75,17 @@ def input_grad_method(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
     return request.param
 
 
-@pytest.fixture
-def tiny_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Force block-by-block im2col, with blocks smaller than one image."""
+def use_tiny_blocks(monkeypatch: pytest.MonkeyPatch, keep: bool) -> None:
+    """Block-by-block im2col, with blocks smaller than one image, kept for backward or not."""
     monkeypatch.setattr(layout, "BLOCKING_THRESHOLD", 256)
     monkeypatch.setattr(layout, "BLOCK_BYTES", 200)
+    monkeypatch.setattr(layout, "MIN_BLOCK_ROWS", 1)
+    monkeypatch.setattr(conv, "KEEP_BYTES", 1 << 30 if keep else 0)
+
+
+@pytest.fixture(params=["kept", "rebuilt"])
+def tiny_blocks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_tiny_blocks(monkeypatch, request.param == "kept")
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
@@ -146,20 +152,22 @@ def test_torch_parity_resnet18_shapes(torch, shape: tuple, rng: np.random.Genera
 
 
 @pytest.mark.torch
-def test_torch_parity_blocked(torch, rng: np.random.Generator) -> None:
-    """A conv large enough to be built block by block, images split into row blocks too."""
+def test_torch_parity_blocked(torch, tiny_blocks: None, rng: np.random.Generator) -> None:
+    """A conv built block by block, images split into row blocks."""
     case = (3, 16, 32, 3, 1, 1, 1, 1, True, (40, 48))
     _check_parity(torch, case, channels_last=True, rng=rng)
 
 
-def test_blocked_equals_whole(monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("keep", [True, False], ids=["kept", "rebuilt"])
+def test_blocked_equals_whole(
+    monkeypatch: pytest.MonkeyPatch, keep: bool, rng: np.random.Generator
+) -> None:
     case = CASES["3x3-pad2-dil2-g2"]
     tensors = _inputs(case, rng, np.float64)
     y = _call(case)(*tensors)
     gy = rng.standard_normal(y.shape)
     whole = [y.detach().numpy()] + _grads(y, gy, tensors)
-    monkeypatch.setattr(layout, "BLOCKING_THRESHOLD", 256)
-    monkeypatch.setattr(layout, "BLOCK_BYTES", 200)
+    use_tiny_blocks(monkeypatch, keep)
     for t in tensors:
         t.grad = None
     y = _call(case)(*tensors)
@@ -168,7 +176,8 @@ def test_blocked_equals_whole(monkeypatch: pytest.MonkeyPatch, rng: np.random.Ge
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_row_blocks_cover_every_row() -> None:
+def test_row_blocks_cover_every_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(layout, "MIN_BLOCK_ROWS", 2)
     for n, ho, wo, row_bytes in [(3, 5, 4, 10), (2, 7, 3, 1 << 20), (4, 4, 4, 1 << 16)]:
         blocks = list(layout.row_blocks(n, ho, wo, row_bytes))
         assert blocks[0].r0 == 0 and blocks[-1].r1 == n * ho * wo

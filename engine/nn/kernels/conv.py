@@ -5,11 +5,13 @@ and multiplied by the weight as a ``(Cout, kh*kw*Cin)`` matrix; the ``(N*Ho*Wo, 
 is NHWC memory, returned as an NCHW-shaped view. Backward: weight gradient ``dY^T @ cols``;
 input gradient either as a stride-1 convolution of the padded ``dY`` with the flipped weight
 (small channel counts) or as ``dY @ W`` scattered back with one slice-add per kernel offset.
-Large im2col matrices are built block by block (see ``layout.row_blocks``) and rebuilt in
-backward instead of being kept.
+Large im2col matrices are built block by block (see ``layout.row_blocks``); up to
+``KEEP_BYTES`` of them are kept for the weight gradient, larger ones are rebuilt in backward.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -31,6 +33,7 @@ from engine.nn.kernels.layout import (
 from engine.tensor import Tensor
 
 FLIPPED_MAX_CHANNELS = 256  # below this many output channels, stride-1 dX uses the flipped conv
+KEEP_BYTES = 32 << 20  # im2col matrices up to this size are kept for backward, larger are rebuilt
 
 
 def weight_matrix(weight: np.ndarray) -> np.ndarray:
@@ -38,9 +41,21 @@ def weight_matrix(weight: np.ndarray) -> np.ndarray:
     return weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1)
 
 
-def _block_cols(view: np.ndarray, blk: Block, group: int) -> np.ndarray:
-    """The im2col rows of one block and group: a view when possible (1x1, stride 1), else a copy."""
-    return view[blk.n0 : blk.n1, blk.h0 : blk.h1, :, :, :, group].reshape(blk.r1 - blk.r0, -1)
+Columns = list[tuple[Block, int, np.ndarray]]  # im2col rows of each block and group
+
+
+def block_columns(
+    xp: np.ndarray, win: Window, out_hw: Pair, groups: int
+) -> Iterator[tuple[Block, int, np.ndarray]]:
+    """The im2col rows of the padded NHWC ``xp``, block by block and group by group: a view
+    when possible (1x1, stride 1), else a copy."""
+    n, (ho, wo) = xp.shape[0], out_hw
+    view = windows(xp, win, out_hw, groups)
+    row_bytes = win.kernel[0] * win.kernel[1] * xp.shape[3] // groups * xp.itemsize
+    for blk in row_blocks(n, ho, wo, row_bytes):
+        for g in range(groups):
+            rows = view[blk.n0 : blk.n1, blk.h0 : blk.h1, :, :, :, g]
+            yield blk, g, rows.reshape(blk.r1 - blk.r0, -1)
 
 
 def _matmul_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
@@ -52,52 +67,40 @@ def _matmul_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
 
 def gemm_conv(
     xp: np.ndarray, wmat: np.ndarray, win: Window, out_hw: Pair, groups: int, keep: bool = False
-) -> tuple[np.ndarray, list[np.ndarray] | None]:
+) -> tuple[np.ndarray, Columns | None]:
     """Correlate the padded NHWC ``xp`` with ``wmat``: the ``(N*Ho*Wo, Cout)`` result.
 
-    With ``keep``, also returns the im2col matrix of each group when it was built in one block
-    (``None`` when blocked: backward rebuilds it).
+    With ``keep``, also returns the im2col rows of each block and group when they add up to
+    at most ``KEEP_BYTES`` (``None`` above: backward rebuilds them).
     """
     n, (ho, wo) = xp.shape[0], out_hw
     cout, k = wmat.shape
     cog = cout // groups
-    view = windows(xp, win, out_hw, groups)
     out = np.empty((n * ho * wo, cout), xp.dtype)
-    blocks = list(row_blocks(n, ho, wo, k * xp.itemsize))
-    kept = [] if keep and len(blocks) == 1 else None
-    for blk in blocks:
-        for g in range(groups):
-            cols = _block_cols(view, blk, g)
-            gs = slice(g * cog, (g + 1) * cog)
-            _matmul_into(cols, wmat[gs].T, out[blk.r0 : blk.r1, gs])
-            if kept is not None:
-                kept.append(cols)
+    kept = [] if keep and n * ho * wo * k * xp.itemsize <= KEEP_BYTES else None
+    for blk, g, cols in block_columns(xp, win, out_hw, groups):
+        gs = slice(g * cog, (g + 1) * cog)
+        _matmul_into(cols, wmat[gs].T, out[blk.r0 : blk.r1, gs])
+        if kept is not None:
+            kept.append((blk, g, cols))
     return out, kept
 
 
 def weight_grad(
-    xp: np.ndarray | None,
-    kept: list[np.ndarray] | None,
-    gy2d: np.ndarray,
-    win: Window,
-    out_hw: Pair,
-    groups: int,
+    columns: Iterable[tuple[Block, int, np.ndarray]], gy2d: np.ndarray, groups: int
 ) -> np.ndarray:
-    """``dY^T @ cols`` as ``(Cout, kh*kw*Cin/groups)``, from the kept columns or rebuilt ones."""
+    """``dY^T @ cols`` as ``(Cout, kh*kw*Cin/groups)``, summed over the blocks of ``columns``."""
     cout = gy2d.shape[1]
     cog = cout // groups
-    if kept is not None:
-        return np.concatenate(
-            [gy2d[:, g * cog : (g + 1) * cog].T @ cols for g, cols in enumerate(kept)]
-        )
-    n, (ho, wo), (kh, kw) = xp.shape[0], out_hw, win.kernel
-    k = kh * kw * xp.shape[3] // groups
-    view = windows(xp, win, out_hw, groups)
-    gw = np.zeros((cout, k), gy2d.dtype)
-    for blk in row_blocks(n, ho, wo, k * xp.itemsize):
-        for g in range(groups):
-            gs = slice(g * cog, (g + 1) * cog)
-            gw[gs] += gy2d[blk.r0 : blk.r1, gs].T @ _block_cols(view, blk, g)
+    gw = None
+    for blk, g, cols in columns:
+        if gw is None:
+            gw = np.empty((cout, cols.shape[1]), gy2d.dtype)
+        gs = slice(g * cog, (g + 1) * cog)
+        if blk.r0 == 0:
+            np.matmul(gy2d[: blk.r1, gs].T, cols, out=gw[gs])
+        else:
+            gw[gs] += gy2d[blk.r0 : blk.r1, gs].T @ cols
     return gw
 
 
@@ -153,8 +156,8 @@ def input_grad_flipped(
 class Convolution(Op):
     """``conv2d`` of an NCHW-shaped input (any memory layout) with an OIHW weight.
 
-    Keeps for backward: the input and weight (version-checked), the im2col matrix when it was
-    built in one block, and the weight matrix when dX goes through col2im.
+    Keeps for backward: the input and weight (version-checked), the im2col matrix when it is
+    at most ``KEEP_BYTES``, and the weight matrix when dX goes through col2im.
     """
 
     differentiable = False
@@ -199,10 +202,10 @@ class Convolution(Op):
         if need_b:
             gb = np.ones(gy2d.shape[0], gy.dtype) @ gy2d
         if need_w:
-            xp = None if kept is not None else pad_nhwc(nhwc(x._data), self.pads)
-            gw = self._weight_layout(
-                weight_grad(xp, kept, gy2d, self.win, self.out_hw, self.groups)
-            )
+            if kept is None:
+                xp = pad_nhwc(nhwc(x._data), self.pads)
+                kept = block_columns(xp, self.win, self.out_hw, self.groups)
+            gw = self._weight_layout(weight_grad(kept, gy2d, self.groups))
         if need_x:
             if wmat is None:
                 gx = input_grad_flipped(

@@ -19,6 +19,7 @@ Pads = tuple[int, int, int, int]  # top, bottom, left, right
 
 BLOCK_BYTES = 4 << 20  # an im2col block: fits the L2 cache of two cores with room for the GEMM
 BLOCKING_THRESHOLD = 8 << 20  # im2col matrices above this are built and used block by block
+MIN_BLOCK_ROWS = 1024  # the weight gradient sums over a block's rows: fewer make a slow GEMM
 
 
 def pair(value: int | tuple | list) -> Pair:
@@ -108,23 +109,24 @@ class Block(NamedTuple):
 
 
 def row_blocks(n: int, ho: int, wo: int, row_bytes: int) -> Iterator[Block]:
-    """Cut ``n * ho * wo`` GEMM rows into blocks of about ``BLOCK_BYTES`` of im2col each.
+    """Cut ``n * ho * wo`` GEMM rows into blocks of about ``BLOCK_BYTES`` of im2col each (and
+    at least ``MIN_BLOCK_ROWS`` rows).
 
     One block when the whole matrix is under ``BLOCKING_THRESHOLD``; otherwise blocks of whole
     images, or of output rows of one image when an image alone is too large. Blocks are in
     order and their row ranges are contiguous.
     """
-    image_bytes = ho * wo * row_bytes
-    if n * image_bytes <= BLOCKING_THRESHOLD:
+    rows = max(MIN_BLOCK_ROWS, BLOCK_BYTES // row_bytes)
+    if n * ho * wo * row_bytes <= BLOCKING_THRESHOLD or n * ho * wo <= rows:
         yield Block(0, n, 0, ho, 0, n * ho * wo)
         return
-    if image_bytes <= BLOCK_BYTES:
-        step = BLOCK_BYTES // image_bytes
+    if ho * wo <= rows:
+        step = rows // (ho * wo)
         for n0 in range(0, n, step):
             n1 = min(n, n0 + step)
             yield Block(n0, n1, 0, ho, n0 * ho * wo, n1 * ho * wo)
         return
-    step = max(1, BLOCK_BYTES // (wo * row_bytes))
+    step = max(1, rows // wo)
     for i in range(n):
         for h0 in range(0, ho, step):
             h1 = min(ho, h0 + step)
