@@ -46,11 +46,11 @@ def channels_innermost(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def pad_nhwc(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
+def pad_nhwc(x: np.ndarray, pads: Pads) -> np.ndarray:
     """Pad (or, for negative entries, crop) the H and W axes of an NHWC array.
 
     Returns ``x`` itself, with contiguous channels, when nothing is padded; otherwise a fresh
-    C-contiguous array whose borders are filled with ``value`` (the interior is copied once).
+    C-contiguous array with zero borders (the interior is copied once).
     """
     top, bottom, left, right = pads
     h, w = x.shape[1], x.shape[2]
@@ -60,10 +60,10 @@ def pad_nhwc(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
         return channels_innermost(x)
     n, h, w, c = x.shape
     out = np.empty((n, h + top + bottom, w + left + right, c), x.dtype)
-    out[:, :top] = value
-    out[:, top + h :] = value
-    out[:, top : top + h, :left] = value
-    out[:, top : top + h, left + w :] = value
+    out[:, :top] = 0
+    out[:, top + h :] = 0
+    out[:, top : top + h, :left] = 0
+    out[:, top : top + h, left + w :] = 0
     out[:, top : top + h, left : left + w] = x
     return out
 

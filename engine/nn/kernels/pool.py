@@ -1,13 +1,15 @@
 """Max, average and adaptive average pooling on channels-last memory, forward and backward.
 
-Windows are strided views of the padded NHWC input; each op loops over the kh*kw kernel
-offsets (never over output pixels), reducing one strided slice per offset. Gradients are
-scattered back offset by offset into an unpadded NHWC buffer (``layout.offsets``).
+The NHWC input is split by stride phase (``_phases``) so that, for each of the kh*kw kernel
+offsets (never per output pixel), the inputs of all windows are one slice with long
+contiguous rows; padding is never materialised, each offset covers only the windows that
+read the input (``layout.offsets``). Gradients are added offset by offset into phase planes
+and put back in place at the end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -20,9 +22,7 @@ from engine.nn.kernels.layout import (
     nchw,
     nhwc,
     offsets,
-    pad_nhwc,
     pair,
-    windows,
 )
 from engine.tensor import Tensor
 
@@ -105,51 +105,87 @@ def pool_geometry(
     return PoolGeometry(Window(kernel, step, dil), pads, (h, w), out_hw)
 
 
-def _window_slices(x: np.ndarray, geo: PoolGeometry, fill: float) -> tuple[np.ndarray, ...]:
-    """The kh*kw strided slices ``(N, Ho, Wo, C)`` of the padded NHWC input, one per offset."""
-    view = windows(pad_nhwc(nhwc(x), geo.pads, fill), geo.win, geo.out_hw)[..., 0, :]
-    kh, kw = geo.win.kernel
-    return tuple(view[:, :, :, i, j] for i in range(kh) for j in range(kw))
+def _phases(x: np.ndarray, stride: Pair) -> np.ndarray:
+    """The NHWC ``x`` split by stride phase, ``(sh, sw, N, ceil(H/sh), ceil(W/sw), C)``: plane
+    ``[a, b]`` holds rows ``a, a + sh, ...`` and columns ``b, b + sw, ...`` densely, so that the
+    inputs of one kernel offset over all windows are a slice with long contiguous rows (a
+    strided slice of ``x`` has runs of C values only, several times slower to work on)."""
+    sh, sw = stride
+    if (sh, sw) == (1, 1):
+        return np.ascontiguousarray(x)[None, None]
+    n, h, w, c = x.shape
+    planes = np.empty((sh, sw, n, -(-h // sh), -(-w // sw), c), x.dtype)
+    for a in range(sh):
+        for b in range(sw):
+            part = x[:, a::sh, b::sw]
+            planes[a, b, :, : part.shape[1], : part.shape[2]] = part
+    return planes
 
 
-def _scatter(gx: np.ndarray, geo: PoolGeometry, part: Callable) -> np.ndarray:
-    """Add ``part(k, out_rows, out_cols)`` for each kernel offset ``k`` into the NHWC ``gx``."""
-    kw = geo.win.kernel[1]
+def _unphase(planes: np.ndarray, in_hw: Pair) -> np.ndarray:
+    """The NHWC array of height and width ``in_hw`` that ``_phases`` split into ``planes``."""
+    sh, sw, n, _, _, c = planes.shape
+    if (sh, sw) == (1, 1):
+        return planes[0, 0]
+    x = np.empty((n, *in_hw, c), planes.dtype)
+    for a in range(sh):
+        for b in range(sw):
+            part = x[:, a::sh, b::sw]
+            part[...] = planes[a, b, :, : part.shape[1], : part.shape[2]]
+    return x
+
+
+def _plane_offsets(geo: PoolGeometry) -> Iterator[tuple[int, tuple, tuple]]:
+    """Each kernel offset ``k`` (row-major) that reads some input: the slice of the phase
+    planes holding the inputs it reads, and the slice of the outputs whose windows read them."""
+    (sh, sw), kw = geo.win.stride, geo.win.kernel[1]
     spans = offsets(geo.win, geo.pads, geo.in_hw, (0, geo.out_hw[0]), geo.out_hw[1])
     for i, j, rows, cols, out_rows, out_cols in spans:
-        target = gx[:, rows, cols]
-        np.add(target, part(i * kw + j, out_rows, out_cols), out=target)
-    return gx
+        q, p = rows.start // sh, cols.start // sw
+        height, width = out_rows.stop - out_rows.start, out_cols.stop - out_cols.start
+        plane = (rows.start % sh, cols.start % sw, slice(None))
+        plane += (slice(q, q + height), slice(p, p + width))
+        yield i * kw + j, plane, (slice(None), out_rows, out_cols)
 
 
-def _running_max(
-    slices: tuple[np.ndarray, ...], track: bool
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Maximum over the offsets' slices and, if ``track``, the offset of each maximum.
+def _reduce_windows(
+    planes: np.ndarray, geo: PoolGeometry, ufunc: np.ufunc, start: float
+) -> np.ndarray:
+    """``ufunc`` folded over each window's inputs, from ``start`` (padding is left out)."""
+    out = np.full((planes.shape[2], *geo.out_hw, planes.shape[5]), start, planes.dtype)
+    for _, plane, outs in _plane_offsets(geo):
+        target = out[outs]
+        ufunc(target, planes[plane], out=target)
+    return out
 
-    The first maximum wins, except that a NaN always takes over (torch's rule). Offsets only
-    grow, so the offset is updated branch-free as ``max(arg, k * better)`` in preallocated
-    buffers: a masked assignment is several times slower.
-    """
-    out = slices[0].copy()
-    if not track:
-        for s in slices[1:]:
-            np.maximum(out, s, out=out)
-        return out, None
-    itype = np.int8 if len(slices) <= 127 else np.int32
-    arg, step = np.zeros(out.shape, itype), np.empty(out.shape, itype)
-    better, nan = np.empty(out.shape, bool), np.empty(out.shape, bool)
-    for k, s in enumerate(slices[1:], start=1):
-        np.greater(s, out, out=better)
-        np.logical_or(better, np.isnan(s, out=nan), out=better)
-        np.multiply(better, itype(k), out=step)
-        np.maximum(arg, step, out=arg)
-        np.maximum(out, s, out=out)
-    return out, arg
+
+def _first_maxima(
+    planes: np.ndarray, out: np.ndarray, geo: PoolGeometry
+) -> Iterator[tuple[int, tuple, tuple, np.ndarray]]:
+    """For each kernel offset, the windows whose gradient it receives: its input is the first
+    maximum of the window, or, in a window holding NaNs, the last NaN (torch's rule)."""
+    taken, first = np.zeros(out.shape, bool), np.empty(out.shape, bool)
+    last_nan = None
+    if np.isnan(out).any():
+        last_nan = np.full(out.shape, -1, np.int32)
+        for k, plane, outs in _plane_offsets(geo):
+            np.copyto(last_nan[outs], k, where=np.isnan(planes[plane]))
+    for k, plane, outs in _plane_offsets(geo):
+        mask = first[outs]
+        np.equal(planes[plane], out[outs], out=mask)
+        if last_nan is not None:
+            mask |= last_nan[outs] == k
+        np.greater(mask, taken[outs], out=mask)  # and not taken by an earlier offset
+        taken[outs] |= mask
+        yield k, plane, outs, mask
 
 
 class MaxPool2DWithIndices(Op):
-    """Max over each window; the first maximum (or a NaN) of a window gets the gradient."""
+    """Max over each window; the first maximum (or a NaN) of a window gets the gradient.
+
+    Keeps for backward the input's phase planes and the output, from which backward finds
+    each window's maximum again (cheaper than tracking it in forward).
+    """
 
     differentiable = False
 
@@ -157,35 +193,35 @@ class MaxPool2DWithIndices(Op):
         self.geo, self.return_indices = geo, return_indices
 
     def forward(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        slices = _window_slices(x, self.geo, -np.inf)
-        out, arg = _running_max(slices, track=self.requires_grad or self.return_indices)
-        self.save_arrays(arg)
+        planes = _phases(nhwc(x), self.geo.win.stride)
+        out = _reduce_windows(planes, self.geo, np.maximum, -np.inf)
+        self.save_arrays(planes, out)
         if self.return_indices:
+            arg = np.zeros(out.shape, np.int64)
+            for k, _, outs, mask in _first_maxima(planes, out, self.geo):
+                np.copyto(arg[outs], k, where=mask)
             return nchw(out), nchw(self._flat_indices(arg))
         return nchw(out)
 
     def _flat_indices(self, arg: np.ndarray) -> np.ndarray:
         """torch's indices: ``h * W + w`` of each maximum in its (unpadded) input plane."""
         (kh, kw), (sh, sw), (dh, dw) = self.geo.win
-        i, j = np.divmod(arg.astype(np.int64), kw)
+        i, j = np.divmod(arg, kw)
         ho, wo = self.geo.out_hw
         rows = np.arange(ho)[:, None, None] * sh - self.geo.pads[0] + i * dh
         cols = np.arange(wo)[:, None] * sw - self.geo.pads[2] + j * dw
         return rows * self.geo.in_hw[1] + cols
 
     def backward(self, gy: np.ndarray, _gi: np.ndarray | None = None) -> np.ndarray:
-        (arg,) = self.saved_arrays
+        planes, out = self.saved_arrays
         gy = nhwc(gy)
-        gx = np.zeros((gy.shape[0], *self.geo.in_hw, gy.shape[3]), gy.dtype)
-        scratch = np.empty(gy.shape, gy.dtype)
-
-        def routed(k: int, rows: slice, cols: slice) -> np.ndarray:
-            """The part of ``gy`` whose window maximum sits at kernel offset ``k``."""
-            part = scratch[:, rows, cols]
-            np.equal(arg[:, rows, cols], k, out=part)
-            return np.multiply(part, gy[:, rows, cols], out=part)
-
-        return nchw(_scatter(gx, self.geo, routed))
+        grads = np.zeros_like(planes)
+        part = np.empty(out.shape, gy.dtype)
+        for _, plane, outs, mask in _first_maxima(planes, out, self.geo):
+            routed = np.multiply(gy[outs], mask, out=part[outs])
+            target = grads[plane]
+            np.add(target, routed, out=target)
+        return nchw(_unphase(grads, self.geo.in_hw))
 
 
 def _avg_divisor(
@@ -220,17 +256,19 @@ class AvgPool2D(Op):
         return (rows[:, None, None] * cols[:, None]).astype(dtype)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        slices = _window_slices(x, self.geo, 0.0)
-        out = slices[0].copy()
-        for s in slices[1:]:
-            np.add(out, s, out=out)
+        out = _reduce_windows(_phases(nhwc(x), self.geo.win.stride), self.geo, np.add, 0.0)
         np.divide(out, self._divisor(x.dtype), out=out)
         return nchw(out)
 
     def backward(self, gy: np.ndarray) -> np.ndarray:
         gy = nhwc(gy) / self._divisor(gy.dtype)
-        gx = np.zeros((gy.shape[0], *self.geo.in_hw, gy.shape[3]), gy.dtype)
-        return nchw(_scatter(gx, self.geo, lambda k, r, c: gy[:, r, c]))
+        sh, sw = self.geo.win.stride
+        h, w = self.geo.in_hw
+        grads = np.zeros((sh, sw, gy.shape[0], -(-h // sh), -(-w // sw), gy.shape[3]), gy.dtype)
+        for _, plane, outs in _plane_offsets(self.geo):
+            target = grads[plane]
+            np.add(target, gy[outs], out=target)
+        return nchw(_unphase(grads, self.geo.in_hw))
 
 
 def adaptive_matrix(out: int, size: int, dtype: np.dtype) -> np.ndarray:
