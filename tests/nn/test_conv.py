@@ -9,7 +9,7 @@ import pytest
 
 import engine
 from engine.autograd import gradcheck
-from engine.nn.kernels import conv, layout
+from engine.nn.kernels import conv, layout, winograd
 from engine.nn.kernels.conv import conv2d
 
 # (batch, in channels, out channels, kernel, stride, padding, dilation, groups, bias, (H, W))
@@ -28,6 +28,8 @@ CASES = {
     "valid": (2, 2, 2, 3, 1, "valid", 1, 1, True, (5, 5)),
     "s2-pad2-dil2": (2, 2, 2, 3, 2, 2, 2, 1, False, (7, 6)),
     "pairs": (1, 2, 3, 3, (1, 2), (0, 1), (2, 1), 1, True, (7, 5)),
+    "3x3-winograd": (2, 3, 4, 3, 1, 1, 1, 1, True, (6, 8)),
+    "same-winograd": (1, 2, 3, 3, 1, "same", 1, 1, False, (4, 4)),
 }
 
 # Every distinct conv of ResNet18 on a 32x32 image: (in, out, kernel, stride, padding, H)
@@ -97,7 +99,9 @@ def test_gradcheck(
     assert gradcheck(_call(case), (x, weight, bias))
 
 
-@pytest.mark.parametrize("case", [CASES["3x3-pad2-dil2-g2"], CASES["depthwise-s2"]])
+@pytest.mark.parametrize(
+    "case", [CASES["3x3-pad2-dil2-g2"], CASES["depthwise-s2"], CASES["3x3-winograd"]]
+)
 def test_gradcheck_blocked(case: tuple, tiny_blocks: None, rng: np.random.Generator) -> None:
     x, weight, bias = _inputs(case, rng, np.float64)
     assert gradcheck(_call(case), (x, weight, bias))
@@ -174,6 +178,44 @@ def test_blocked_equals_whole(
     blocked = [y.detach().numpy()] + _grads(y, gy, tensors)
     for a, b in zip(whole, blocked, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["3x3-winograd", "same-winograd"])
+def test_winograd_takes_even_3x3_stride_1_and_agrees_with_im2col(
+    monkeypatch: pytest.MonkeyPatch, case: str, rng: np.random.Generator
+) -> None:
+    tensors = _inputs(CASES[case], rng, np.float64)
+    y = _call(CASES[case])(*tensors)
+    assert y.grad_fn.winograd
+    gy = rng.standard_normal(y.shape)
+    fast = [y.detach().numpy()] + _grads(y, gy, tensors)
+    monkeypatch.setattr(winograd, "MIN_SIZE", 1 << 30)
+    for t in tensors:
+        if t is not None:
+            t.grad = None
+    y = _call(CASES[case])(*tensors)
+    assert not y.grad_fn.winograd
+    direct = [y.detach().numpy()] + _grads(y, gy, tensors)
+    for a, b in zip(fast, direct, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_winograd_only_where_it_pays() -> None:
+    square = layout.Window((3, 3), (1, 1), (1, 1))
+    assert winograd.fits(square, (1, 1, 1, 1), (8, 6), 1)
+    assert not winograd.fits(square, (1, 1, 1, 1), (7, 6), 1)  # odd
+    assert not winograd.fits(square, (1, 1, 1, 1), (2, 2), 1)  # too few tiles
+    assert not winograd.fits(square, (0, 0, 0, 0), (8, 8), 1)
+    assert not winograd.fits(square, (1, 1, 1, 1), (8, 8), 2)
+    assert not winograd.fits(layout.Window((3, 3), (2, 2), (1, 1)), (1, 1, 1, 1), (8, 8), 1)
+
+
+@pytest.mark.torch
+def test_torch_parity_winograd_blocked(torch, tiny_blocks: None, rng: np.random.Generator) -> None:
+    """Winograd tiles taken block by block (images split into rows of tiles), their
+    transforms kept for the weight gradient or not."""
+    case = (3, 16, 8, 3, 1, 1, 1, 1, False, (12, 10))
+    _check_parity(torch, case, channels_last=True, rng=rng)
 
 
 def test_row_blocks_cover_every_row(monkeypatch: pytest.MonkeyPatch) -> None:

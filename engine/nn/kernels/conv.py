@@ -7,6 +7,8 @@ input gradient either as a stride-1 convolution of the padded ``dY`` with the fl
 (small channel counts) or as ``dY @ W`` scattered back with one slice-add per kernel offset.
 Large im2col matrices are built block by block (see ``layout.row_blocks``); up to
 ``KEEP_BYTES`` of them are kept for the weight gradient, larger ones are rebuilt in backward.
+3x3 stride-1 convolutions of even outputs go through Winograd's F(2x2, 3x3) instead
+(``winograd``), forward and both gradients, keeping its transformed input tiles the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from engine.autograd.function import Op
+from engine.nn.kernels import winograd
 from engine.nn.kernels.layout import (
     Block,
     Pads,
@@ -156,8 +159,9 @@ def input_grad_flipped(
 class Convolution(Op):
     """``conv2d`` of an NCHW-shaped input (any memory layout) with an OIHW weight.
 
-    Keeps for backward: the input and weight (version-checked), the im2col matrix when it is
-    at most ``KEEP_BYTES``, and the weight matrix when dX goes through col2im.
+    Keeps for backward: the input and weight (version-checked), the im2col matrix (or the
+    Winograd tiles) when at most ``KEEP_BYTES``, and the weight matrix when dX goes through
+    col2im.
     """
 
     differentiable = False
@@ -178,15 +182,22 @@ class Convolution(Op):
         )
         need_x, need_w, _ = self.needs_input_grad
         xp = pad_nhwc(nhwc(x), self.pads)
-        wmat = weight_matrix(weight)
+        self.winograd = winograd.fits(self.win, self.pads, self.out_hw, self.groups)
+        col2im = need_x and not (self.winograd or self._flipped(cout))
+        wmat = None if self.winograd and not col2im else weight_matrix(weight)
         keep = self.requires_grad and need_w
-        out, kept = gemm_conv(xp, wmat, self.win, self.out_hw, self.groups, keep)
+        if self.winograd:
+            keep = keep and 4 * xp.size * xp.itemsize <= KEEP_BYTES  # 16 values per 2x2 block
+            out, kept = winograd.conv(xp, winograd.weights(weight), keep)
+        else:
+            out, kept = gemm_conv(xp, wmat, self.win, self.out_hw, self.groups, keep)
+        out = out.reshape(n, *self.out_hw, cout)
         if bias is not None:
             out += bias
         self.save_inputs(0, 1)
-        self.save_arrays(kept, wmat if need_x and not self._flipped(cout) else None)
+        self.save_arrays(kept, wmat if col2im else None)
         self.weight_channels_last = weight.transpose(0, 2, 3, 1).flags.c_contiguous
-        return nchw(out.reshape(n, *self.out_hw, cout))
+        return nchw(out)
 
     def _flipped(self, cout: int) -> bool:
         return self.stride == (1, 1) and cout < FLIPPED_MAX_CHANNELS
@@ -202,12 +213,20 @@ class Convolution(Op):
         if need_b:
             gb = np.ones(gy2d.shape[0], gy.dtype) @ gy2d
         if need_w:
-            if kept is None:
-                xp = pad_nhwc(nhwc(x._data), self.pads)
-                kept = block_columns(xp, self.win, self.out_hw, self.groups)
-            gw = self._weight_layout(weight_grad(kept, gy2d, self.groups))
+            if self.winograd and kept is not None:
+                gw9 = winograd.weight_grad(kept, gy_nhwc)
+                gw = np.ascontiguousarray(gw9.transpose(2, 0, 1)).reshape(cout, -1)
+            else:
+                if kept is None:
+                    xp = pad_nhwc(nhwc(x._data), self.pads)
+                    kept = block_columns(xp, self.win, self.out_hw, self.groups)
+                gw = weight_grad(kept, gy2d, self.groups)
+            gw = self._weight_layout(gw)
         if need_x:
-            if wmat is None:
+            if self.winograd:
+                gyp = pad_nhwc(gy_nhwc, self.pads)
+                gx, _ = winograd.conv(gyp, winograd.weights(weight._data, flipped=True))
+            elif wmat is None:
                 gx = input_grad_flipped(
                     gy_nhwc, weight._data, self.in_shape[1:3], self.win, self.pads, self.groups
                 )
