@@ -214,8 +214,8 @@ class Convolution(Op):
             gb = np.ones(gy2d.shape[0], gy.dtype) @ gy2d
         if need_w:
             if self.winograd and kept is not None:
-                gw9 = winograd.weight_grad(kept, gy_nhwc)
-                gw = np.ascontiguousarray(gw9.transpose(2, 0, 1)).reshape(cout, -1)
+                gw9 = winograd.weight_grad(kept, gy_nhwc)  # rows of Cin: a cheap transpose
+                gw = np.ascontiguousarray(gw9.transpose(1, 0, 2)).reshape(cout, -1)
             else:
                 if kept is None:
                     xp = pad_nhwc(nhwc(x._data), self.pads)

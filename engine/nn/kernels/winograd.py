@@ -98,7 +98,7 @@ def conv(xp: np.ndarray, w9: np.ndarray, keep: bool = False) -> tuple[np.ndarray
 
 
 def weight_grad(kept: Tiles, gy: np.ndarray) -> np.ndarray:
-    """The gradient ``(9, Cin, Cout)`` of the kernels of ``conv`` from that of its output
+    """The gradient of the kernels of ``conv``, as ``(9, Cout, Cin)``, from that of its output
     ``gy`` (NHWC) and the input tiles ``conv`` kept."""
     gu = None
     blocks = _blocks(gy.shape[0], gy.shape[1:3], kept[0].shape[2], gy.itemsize)
@@ -110,6 +110,6 @@ def weight_grad(kept: Tiles, gy: np.ndarray) -> np.ndarray:
             for b in range(2):
                 grads[2 * a + b] = part[:, a::2, b::2]
         gm = _apply(OUTPUT.T, grads).reshape(16, -1, c)
-        block = np.matmul(v.transpose(0, 2, 1), gm)
+        block = np.matmul(gm.transpose(0, 2, 1), v)
         gu = block if gu is None else np.add(gu, block, out=gu)
     return _apply(WEIGHT.T, gu)
