@@ -28,9 +28,10 @@ def norm_relu(
     shortcut: Tensor | None = None,
     downsample: nn.Module | None = None,
 ) -> Tensor:
-    """``relu(norm(x) + downsample(shortcut))`` (without the sum when ``shortcut`` is None),
-    modules called in torchvision's order. One fused kernel, with the same numbers, when
-    ``norm`` and ``relu`` are a plain ``BatchNorm2d`` and ``ReLU`` without hooks."""
+    """``relu(norm(x) + shortcut)``, the shortcut taken through ``downsample`` if given (no
+    sum when ``shortcut`` is None), modules called in torchvision's order. One fused kernel,
+    with the same numbers, when ``norm`` and ``relu`` are a plain ``BatchNorm2d`` and
+    ``ReLU`` without hooks."""
     fused = _plain(norm, nn.BatchNorm2d) and _plain(relu, nn.ReLU)
     out = None if fused else norm(x)
     if shortcut is not None and downsample is not None:
