@@ -17,13 +17,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+WINOGRAD = "engine.nn.kernels.winograd"
 CONV = "engine.nn.kernels.conv"
 POOL = "engine.nn.kernels.pool"
 POOL_OPS = ("MaxPool2DWithIndices", "AvgPool2D", "AdaptiveAvgPool2D")
 TARGETS: dict[str, tuple[str, ...]] = {
     "conv forward": (f"{CONV}:Convolution.forward",),
-    "conv input-grad": (f"{CONV}:input_grad_flipped", f"{CONV}:input_grad_col2im"),
-    "conv weight-grad": (f"{CONV}:weight_grad",),
+    "conv input-grad": (
+        f"{CONV}:input_grad_flipped",
+        f"{CONV}:input_grad_col2im",
+        f"{WINOGRAD}:input_grad",
+    ),
+    "conv weight-grad": (f"{CONV}:weight_grad", f"{WINOGRAD}:weight_grad"),
     "conv backward, other": (f"{CONV}:Convolution.backward",),
     # ResNet's blocks fuse ReLU (and the residual add) into BatchNorm; standalone ReLUs remain
     "BatchNorm+ReLU forward": ("engine.nn.kernels.norm:BatchNorm.forward",),

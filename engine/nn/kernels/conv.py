@@ -224,8 +224,7 @@ class Convolution(Op):
             gw = self._weight_layout(gw)
         if need_x:
             if self.winograd:
-                gyp = pad_nhwc(gy_nhwc, self.pads)
-                gx, _ = winograd.conv(gyp, winograd.weights(weight._data, flipped=True))
+                gx = winograd.input_grad(gy_nhwc, weight._data, self.pads)
             elif wmat is None:
                 gx = input_grad_flipped(
                     gy_nhwc, weight._data, self.in_shape[1:3], self.win, self.pads, self.groups

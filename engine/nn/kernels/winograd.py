@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from engine.nn.kernels.layout import Block, Pair, Window, row_blocks
+from engine.nn.kernels.layout import Block, Pair, Window, pad_nhwc, row_blocks
 
 _BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
@@ -95,6 +95,12 @@ def conv(xp: np.ndarray, w9: np.ndarray, keep: bool = False) -> tuple[np.ndarray
         if kept is not None:
             kept.append(v)
     return out, kept
+
+
+def input_grad(gy: np.ndarray, weight: np.ndarray, pads: tuple) -> np.ndarray:
+    """The NHWC input gradient: the padded NHWC ``gy`` convolved with the flipped weight."""
+    out, _ = conv(pad_nhwc(gy, pads), weights(weight, flipped=True))
+    return out
 
 
 def weight_grad(kept: Tiles, gy: np.ndarray) -> np.ndarray:
