@@ -19,11 +19,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 
 import engine
-from cli.build import ARCHS
-from cli.checkpoint import BEST, CONFIG, RunFolderError
 from cli.config import Config, ModelConfig, load_config
 from cli.data import DataLoader, build_datasets
 from cli.errors import ConfigError, FinetuneError
+from cli.training.build import ARCHS
+from cli.training.run_folder import BEST, CONFIG, RunFolderError
 from engine import nn
 from engine.io import load_state_dict_file
 from engine.nn import functional as F

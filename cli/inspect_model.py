@@ -1,6 +1,6 @@
 """`finetune inspect-model`: the module tree, parameters under the freeze rules, shapes and MACs.
 
-The model is built as `finetune train` builds it (`cli.build.build_model`: weights,
+The model is built as `finetune train` builds it (`cli.training.build.build_model`: weights,
 freeze rules, new head), from a config's model section or from an architecture
 name. Output shapes and MACs come from one forward pass of a zero image under
 no_grad, recorded by forward hooks on the leaf modules.
@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 import engine
-from cli.build import build_model
 from cli.config import ModelConfig, load_config
+from cli.training.build import build_model
 from engine import nn
 
 DEFAULT_INPUT_SIZE = 224

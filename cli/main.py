@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -19,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from cli import __version__
 from cli.errors import ConfigError
 
 app = typer.Typer(
@@ -91,11 +91,7 @@ def _report(exc: BaseException, code: int) -> None:
 
 def _show_version(value: bool) -> None:
     if value:
-        try:
-            number = version("finetune")
-        except PackageNotFoundError:
-            number = "unknown (not installed)"
-        typer.echo(f"finetune {number}")
+        typer.echo(f"finetune {__version__}")
         raise typer.Exit()
 
 
@@ -415,8 +411,8 @@ def bench(
     ] = None,
 ) -> None:
     """Time ResNet18 training, frozen-backbone and eval steps, and the data loader alone."""
-    from cli.bench import Settings
-    from cli.bench import bench as run_bench
+    from cli.bench.cases import Settings
+    from cli.bench.runner import bench as run_bench
 
     settings = Settings(rounds, warmup, steps, profile, vs_torch)
     run_bench(workload, size, batch, settings, json_file, loader)

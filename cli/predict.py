@@ -16,10 +16,10 @@ from rich.markup import escape
 from rich.table import Table
 
 import engine
-from cli.checkpoint import CLASSES, RunFolderError
 from cli.data.dataset import FileImages
 from cli.data.transforms import Compose, make_transform
 from cli.evaluate import load_model, load_run_config, run_weights
+from cli.training.run_folder import CLASSES, RunFolderError
 from engine import nn
 
 

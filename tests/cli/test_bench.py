@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from test_main import assert_clean_failure, finetune
 
-from cli import bench
-from cli.bench_profile import TARGETS
+from cli.bench import cases, runner
+from cli.bench.profile import TARGETS
 
 TINY = ["--size", "2x32", "--rounds", "1", "--steps", "1", "--warmup", "1"]
 FIGURES = {"version", "steps_ms", "round_ms", "ms_per_step", "images_per_s", "peak_rss_mib"}
@@ -85,10 +85,10 @@ def test_vs_torch(tmp_path: Path):
     assert row["ratio"]["rounds"] == [row["engine"]["round_ms"][0] / row["torch"]["round_ms"][0]]
 
 
-def test_vs_torch_without_the_torch_worker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setattr(bench, "TORCH_WORKER", tmp_path / "torch_worker.py")
-    with pytest.raises(bench.BenchError, match="needs a source checkout"):
-        bench.check_torch()
+def test_vs_torch_without_torch(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(runner, "find_spec", lambda name: None)
+    with pytest.raises(runner.BenchError, match="needs torch in this Python environment"):
+        runner.check_torch()
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ def test_vs_torch_without_the_torch_worker(monkeypatch: pytest.MonkeyPatch, tmp_
     ],
 )
 def test_sizes(values: list[str] | None, batch: int | None, expected: list[tuple[int, int]]):
-    assert bench.parse_sizes(values, batch) == expected
+    assert cases.parse_sizes(values, batch) == expected
 
 
 @pytest.mark.parametrize(
@@ -129,6 +129,9 @@ def test_a_failing_worker_is_one_clear_message(tmp_path: Path):
 
 
 def test_the_bench_does_not_import_torch():
-    check = "import sys, cli.bench; assert 'torch' not in sys.modules, 'torch imported'"
+    check = (
+        "import sys, cli.main, cli.bench.runner, cli.bench.worker; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

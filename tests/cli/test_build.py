@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import engine
-from cli.build import Trainee, build, build_scheduler
 from cli.config import Config, ModelConfig, OptimConfig, ParamGroup, ScheduleConfig
+from cli.training.build import Trainee, build, build_scheduler
 from engine import nn, optim
 from engine.io import save_safetensors
 from engine.models import resnet18

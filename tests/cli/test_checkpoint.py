@@ -10,8 +10,10 @@ import pytest
 import yaml
 
 import engine
-from cli.build import build_scheduler
-from cli.checkpoint import (
+from cli.config import ScheduleConfig, load_config
+from cli.errors import ConfigError
+from cli.training.build import build_scheduler
+from cli.training.run_folder import (
     LAST,
     TRAINER_STATE,
     Checkpoint,
@@ -20,8 +22,6 @@ from cli.checkpoint import (
     TrainerState,
     write_atomic,
 )
-from cli.config import ScheduleConfig, load_config
-from cli.errors import ConfigError
 from engine import nn, optim
 from engine.io import WeightsError
 

@@ -16,15 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import Result
 from PIL import Image
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 import engine
-from cli.checkpoint import BEST, RunFolder
 from cli.config import Config
 from cli.data import build_datasets
 from cli.main import app
+from cli.training.run_folder import BEST, RunFolder
 from engine.io import save_safetensors
 from engine.models import resnet18
 

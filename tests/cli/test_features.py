@@ -1,4 +1,4 @@
-"""Cached backbone features (cli.features).
+"""Cached backbone features (cli.training.features).
 
 In process: the cache is reused when nothing changed and recomputed, saying why, when the
 weights, the transform or the image files change; skipped images are remembered. Through the
@@ -27,7 +27,7 @@ from rich.console import Console
 import engine
 from cli.config import Config
 from cli.data import build_datasets
-from cli.features import Features, backbone_digest, cached_features
+from cli.training.features import Features, backbone_digest, cached_features
 from engine.io import save_safetensors
 from engine.models import resnet18
 from engine.nn import Module

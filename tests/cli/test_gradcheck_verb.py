@@ -9,8 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 import engine
 from cli import gradcheck

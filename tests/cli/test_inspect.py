@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from cli.main import app
 from engine.models import resnet18

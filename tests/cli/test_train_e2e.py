@@ -20,7 +20,7 @@ import pytest
 import safetensors.numpy
 import yaml
 
-from cli.checkpoint import RunFolder
+from cli.training.run_folder import RunFolder
 from engine.io import load_safetensors
 from engine.models import resnet18
 

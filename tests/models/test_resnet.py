@@ -1,5 +1,5 @@
 """ResNets: torchvision's tree, names, sizes and init; forward, gradients, BatchNorm statistics
-and weight loading against the torch reference in _torch_resnet.py (built from torch.nn layers)."""
+and weight loading against the torch reference in cli/bench/torch_resnet.py (torch.nn layers)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import re
 
 import numpy as np
 import pytest
-from _torch_resnet import ARCHS, torch_resnet
 
 import engine
+from cli.bench.torch_resnet import ARCHS, torch_resnet
 from engine import nn
 from engine.autograd import gradcheck
 from engine.models import BasicBlock, Bottleneck, resnet18, resnet34, resnet50

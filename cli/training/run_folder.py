@@ -10,7 +10,7 @@ A run folder holds:
   atomic step: the model's state dict (under "model."), the optimizer's and
   scheduler's state dicts and the loop's position, best metric and RNG state
   (tensors under "optimizer." / "scheduler.", the rest as JSON in the metadata);
-- `features/`: a linear probe's cached backbone features (cli.features), keyed by what
+- `features/`: a linear probe's cached backbone features (cli.training.features), keyed by what
   they depend on, so starting over with --overwrite keeps them for reuse.
 
 Every file is replaced atomically (a temporary file, then os.replace), so a

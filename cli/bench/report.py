@@ -14,14 +14,13 @@ import subprocess
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from cli.bench import Settings
+from cli.bench.cases import Settings
 
 Result = dict[str, Any]
 PLAIN_WIDTH = 200  # plain text is not squeezed into rich's default 80 columns

@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cli.checkpoint import Tally, TrainerState
+from cli.training.run_folder import Tally, TrainerState
 
 Row = dict[str, Any]
 

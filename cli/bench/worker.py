@@ -1,7 +1,7 @@
 """One `finetune bench` measurement, run in a fresh process and printed as one JSON line.
 
-`python -m cli.bench_worker --workload train --batch 32 --size 64` times the engine;
-tests/perf/torch_worker.py times torch with the same arguments, output and `make_step`,
+`python -m cli.bench.worker --workload train --batch 32 --size 64` times the engine;
+`python -m cli.bench.torch_worker` times torch with the same arguments, output and `make_step`,
 which is written once against the API the engine shares with torch. The line holds the
 milliseconds of each timed step after the warm-up steps (for the loader, a step is a pass
 over its folder, reported per `--batch` images), the process's peak RSS and the backend's
@@ -131,7 +131,7 @@ def _measure(args: argparse.Namespace) -> None:
         emit([ms * per_batch for ms in time_steps(step, args.steps)], version, images=images)
         return
     import engine
-    from cli.bench_profile import profile_ops
+    from cli.bench.profile import profile_ops
     from engine.models import resnet18
 
     model = resnet18(num_classes=NUM_CLASSES)

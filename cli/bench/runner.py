@@ -2,10 +2,11 @@
 
 A case is a workload at a batch and image size. Every round runs each case once per backend,
 each run in a fresh process (idle OpenBLAS threads spin after a call and would slow torch in
-the same process): `python -m cli.bench_worker` for the engine, tests/perf/torch_worker.py
-for torch, alternating, in swapped order every other round. A run's figure is the median of
+the same process): `python -m cli.bench.worker` for the engine, `python -m
+cli.bench.torch_worker` for torch (the only module that imports torch), alternating, in
+swapped order every other round. A run's figure is the median of
 its timed steps; the report gives the median over rounds with the min-max spread, and the
-engine/torch ratio of each round the same way. Tables and JSON are made in cli.bench_report.
+engine/torch ratio of each round the same way. Tables and JSON are made in cli.bench.report.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -27,18 +26,13 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli.bench_report import profile_table, results_table, show, write_json
-from cli.bench_worker import MODEL_WORKLOADS, WORKLOADS
+from cli.bench.cases import LOADER_PIXELS, Case, Settings, parse_sizes, parse_workloads, plan
+from cli.bench.report import profile_table, results_table, show, write_json
+from cli.bench.worker import MODEL_WORKLOADS
 from cli.errors import FinetuneError
 
-ROOT = Path(__file__).resolve().parents[1]
-TORCH_WORKER = ROOT / "tests" / "perf" / "torch_worker.py"
-DEFAULT_SIZES = ((32, 64), (16, 224))  # (batch, pixels)
-DEFAULT_BATCH = 32  # for sizes given as PIXELS alone
-MIN_PIXELS = 32  # ResNet18 halves the image five times
-LOADER_BATCH, LOADER_PIXELS = 32, 224
+ROOT = Path(__file__).resolve().parents[2]
 SYNTHETIC_IMAGES = 256
-
 Result = dict[str, Any]
 
 
@@ -46,88 +40,8 @@ class BenchError(FinetuneError):
     """A worker failed, or the torch side of --vs-torch is not available."""
 
 
-@dataclass(frozen=True)
-class Case:
-    """One row of the report: a workload at a batch of images of a size."""
-
-    workload: str
-    batch: int
-    pixels: int
-
-    def __str__(self) -> str:
-        if self.workload not in MODEL_WORKLOADS:
-            return self.workload
-        return f"{self.workload} {self.batch}x{self.pixels}"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How each case is run: the verb's --rounds, --warmup, --steps, --profile, --vs-torch."""
-
-    rounds: int
-    warmup: int
-    steps: int
-    profile: bool
-    vs_torch: bool
-
-
-def _items(values: Iterable[str]) -> list[str]:
-    """The items of repeated and comma-separated option values."""
-    return [item.strip() for value in values for item in value.split(",") if item.strip()]
-
-
-def parse_workloads(values: list[str] | None) -> list[str]:
-    """The chosen workloads in report order (all by default)."""
-    chosen = _items(values or WORKLOADS)
-    unknown = [name for name in chosen if name not in WORKLOADS]
-    if unknown:
-        raise typer.BadParameter(
-            f"unknown workload {unknown[0]!r}; choose from {', '.join(WORKLOADS)}",
-            param_hint="--workload",
-        )
-    return [name for name in WORKLOADS if name in chosen]
-
-
-def parse_sizes(values: list[str] | None, batch: int | None) -> list[tuple[int, int]]:
-    """(batch, pixels) for each BATCHxPIXELS or PIXELS item (at `batch`, else 32); by default
-    32x64 and 16x224, or both sizes at `batch` when it is given."""
-    if not values:
-        return [(batch or default, pixels) for default, pixels in DEFAULT_SIZES]
-    sizes = []
-    for item in _items(values):
-        given, _, pixels = item.rpartition("x")
-        try:
-            size = (int(given) if given else batch or DEFAULT_BATCH, int(pixels))
-        except ValueError:
-            size = (0, 0)
-        if size[0] < 1 or size[1] < MIN_PIXELS:
-            raise typer.BadParameter(
-                f"{item!r} is not BATCHxPIXELS (e.g. 32x64: batch 32 of 64x64 images) or "
-                f"PIXELS, with a batch of at least 1 and at least {MIN_PIXELS} pixels",
-                param_hint="--size",
-            )
-        sizes.append(size)
-    return sizes
-
-
-def plan(workloads: list[str], sizes: list[tuple[int, int]]) -> list[Case]:
-    """Every model workload at every size; the loader once, on 224x224 crops."""
-    cases = []
-    for workload in workloads:
-        if workload in MODEL_WORKLOADS:
-            cases += [Case(workload, batch, pixels) for batch, pixels in sizes]
-        else:
-            cases.append(Case(workload, LOADER_BATCH, LOADER_PIXELS))
-    return cases
-
-
 def check_torch() -> None:
-    """Refuse --vs-torch, before any work, without the torch worker or torch."""
-    if not TORCH_WORKER.is_file():
-        raise BenchError(
-            f"--vs-torch needs a source checkout of finetune ({TORCH_WORKER} not found); "
-            "run without --vs-torch to time the engine alone"
-        )
+    """Refuse --vs-torch, before any work, without torch."""
     if find_spec("torch") is None:
         raise BenchError(
             "--vs-torch needs torch in this Python environment (pip install torch); "
@@ -157,8 +71,8 @@ def backends(case: Case, settings: Settings) -> tuple[str, ...]:
 
 def command(backend: str, case: Case, settings: Settings, folder: Path | None) -> list[str]:
     """The worker's command line for one run of `case`."""
-    program = ["-m", "cli.bench_worker"] if backend == "engine" else [str(TORCH_WORKER)]
-    args = [sys.executable, *program, "--workload", case.workload, "--batch", str(case.batch)]
+    worker = "cli.bench.worker" if backend == "engine" else "cli.bench.torch_worker"
+    args = [sys.executable, "-m", worker, "--workload", case.workload, "--batch", str(case.batch)]
     args += ["--size", str(case.pixels), "--warmup", str(settings.warmup)]
     args += ["--steps", str(settings.steps)]
     if case.workload not in MODEL_WORKLOADS:

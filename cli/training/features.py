@@ -42,11 +42,11 @@ from rich.progress import (
 )
 
 import engine
-from cli.build import Trainee
-from cli.checkpoint import write_atomic
 from cli.config import Config
 from cli.data import DataLoader, ImageDataset
 from cli.errors import FinetuneError
+from cli.training.build import Trainee
+from cli.training.run_folder import write_atomic
 from engine import nn
 
 
