@@ -8,77 +8,23 @@ match its `metrics.jsonl` for the epoch that gave `best.safetensors`.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
 import engine
-from cli.config import Config, ModelConfig, load_config
+from cli.config import load_config
 from cli.data import DataLoader, build_datasets
 from cli.errors import ConfigError, FinetuneError
-from cli.training.build import ARCHS
-from cli.training.run_folder import BEST, CONFIG, RunFolderError
+from cli.training.run_folder import RunFolder, check_class_count, load_trained_model
 from engine import nn
-from engine.io import load_state_dict_file
 from engine.nn import functional as F
 
 MAX_MATRIX_CLASSES = 20  # wider confusion matrices do not fit a terminal
-
-
-def load_run_config(folder: Path) -> Config:
-    """A run folder's saved config, without requiring its input files (data, weights) to exist."""
-    path = folder / CONFIG
-    if not folder.is_dir():
-        raise RunFolderError(f"{folder}: no such run folder")
-    if not path.is_file():
-        raise RunFolderError(f"{folder} is not a run folder: it has no {CONFIG}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise RunFolderError(f"cannot read the run's config {path}: {exc}") from None
-    config = Config.from_dict(data, source=str(path), base_dir=folder, check_files=False)
-    return dataclasses.replace(config, run=dataclasses.replace(config.run, output_dir=folder))
-
-
-def run_weights(folder: Path, weights: Path | None) -> Path:
-    """`weights` if given, else the run's best.safetensors."""
-    if weights is not None:
-        return weights
-    if not (folder / BEST).is_file():
-        raise RunFolderError(
-            f"{folder}: no {BEST} there (a run writes it after its first epoch); "
-            "train longer, or pass --weights FILE"
-        )
-    return folder / BEST
-
-
-def load_model(cfg: ModelConfig, weights: Path) -> nn.Module:
-    """The trained network in eval mode: `cfg.arch` with `cfg.num_classes` outputs, exactly."""
-    model = ARCHS[cfg.arch](num_classes=cfg.num_classes)
-    try:
-        model.load_state_dict(load_state_dict_file(weights))
-    except RuntimeError as exc:
-        raise FinetuneError(
-            f"{weights} does not fit {cfg.arch} with {cfg.num_classes} classes: {exc}\n"
-            "Pass the weights of a trained run (its best.safetensors), or the run folder itself"
-        ) from None
-    return model.eval()
-
-
-def check_classes(cfg: ModelConfig, class_names: list[str]) -> None:
-    if len(class_names) != cfg.num_classes:
-        raise ConfigError(
-            [
-                f"model.num_classes: is {cfg.num_classes}, but the data has "
-                f"{len(class_names)} classes; set model.num_classes={len(class_names)}"
-            ]
-        )
 
 
 def confusion_and_loss(
@@ -135,20 +81,20 @@ def evaluate(target: Path, weights: Path | None = None, console: Console | None 
     """Evaluate a run folder (its best weights) or a config (with `weights`) on the val split."""
     console = console or Console()
     if target.is_dir():
-        config = load_run_config(target)
-        weights = run_weights(target, weights)
+        folder = RunFolder.open(target)
+        config, weights = folder.config(), folder.weights_path(weights)
     else:
         config = load_config(target, check_files=False)
         weights = weights or config.model.weights
         if weights is None:
             raise ConfigError([f"{target}: model.weights is not set; pass --weights FILE"])
     _, val_set, class_names = build_datasets(config.data, config.run.seed)
-    check_classes(config.model, class_names)
+    check_class_count(config.model, class_names)
     if len(val_set) == 0:
         raise FinetuneError(
             "no validation images: set data.val_fraction above 0 or add a val/ folder"
         )
-    model = load_model(config.model, weights)
+    model = load_trained_model(config.model, weights)
     data = config.data
     loader = DataLoader(val_set, data.batch_size, False, config.run.seed, data.num_workers)
     smoothing = config.schedule.label_smoothing

@@ -7,7 +7,6 @@ class names come from its classes.json.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +17,8 @@ from rich.table import Table
 import engine
 from cli.data.dataset import FileImages
 from cli.data.transforms import Compose, make_transform
-from cli.evaluate import load_model, load_run_config, run_weights
-from cli.training.run_folder import CLASSES, RunFolderError
+from cli.training.run_folder import RunFolder
 from engine import nn
-
-
-def read_classes(folder: Path, num_classes: int) -> list[str]:
-    """The run's class names, indexed by label."""
-    path = folder / CLASSES
-    try:
-        names = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RunFolderError(f"cannot read the class names in {path}: {exc}") from None
-    if not isinstance(names, list) or len(names) != num_classes:
-        raise RunFolderError(
-            f"{path} should list the {num_classes} class names of the model, got {names!r}"
-        )
-    return [str(name) for name in names]
 
 
 def _probabilities(
@@ -59,9 +43,10 @@ def predict(
 ) -> None:
     """Print the `top_k` most probable classes of each image, with their probabilities."""
     console = console or Console()
-    config = load_run_config(run_dir)
-    class_names = read_classes(run_dir, config.model.num_classes)
-    model = load_model(config.model, run_weights(run_dir, weights))
+    folder = RunFolder.open(run_dir)
+    config = folder.config()
+    class_names = folder.class_names(config.model.num_classes)
+    model = folder.load_model(weights)
     transform = make_transform(config.data, train=False)
     source = FileImages(images, root=Path.cwd())
     probabilities = _probabilities(model, source, transform, config.data.batch_size)

@@ -34,6 +34,7 @@ from cli.training.run_folder import (
     RunFolder,
     RunFolderError,
     TrainerState,
+    check_class_count,
 )
 
 
@@ -54,7 +55,7 @@ def train(
         folder, source = RunFolder.for_new_run(config.run.output_dir, overwrite), config_path
     else:
         folder = RunFolder.for_resume(resume)
-        config, source = folder.load_config(overrides), folder.path / CONFIG
+        config, source = folder.resume_config(overrides), folder.path / CONFIG
     with _naming_the_file(source):
         engine.manual_seed(config.run.seed)
         trainee = build(config)
@@ -130,13 +131,7 @@ def _check_data(config: Config, train_set: ImageDataset, class_names: list[str])
     if not len(train_set):
         where = f" at {config.data.root}" if config.data.root else ""
         raise DataError(f"no training images in the {config.data.dataset} data{where}")
-    if len(class_names) != config.model.num_classes:
-        raise ConfigError(
-            [
-                f"model.num_classes: is {config.model.num_classes}, but the data has "
-                f"{len(class_names)} classes; set model.num_classes={len(class_names)}"
-            ]
-        )
+    check_class_count(config.model, class_names)
 
 
 @contextmanager

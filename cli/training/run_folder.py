@@ -36,9 +36,11 @@ import safetensors
 import yaml
 
 import engine
-from cli.config import Config, config_to_dict, load_config
+from cli.config import Config, ModelConfig, config_to_dict, load_config
 from cli.errors import ConfigError, FinetuneError
-from engine.io import save_safetensors
+from cli.training.build import ARCHS
+from engine import nn
+from engine.io import load_state_dict_file, save_safetensors
 
 CONFIG = "config.yaml"
 CLASSES = "classes.json"
@@ -147,6 +149,15 @@ class RunFolder:
         return folder
 
     @classmethod
+    def open(cls, path: Path) -> RunFolder:
+        """An existing run folder, to read its config, classes and weights."""
+        if not path.is_dir():
+            raise RunFolderError(f"{path}: no such run folder")
+        if not (path / CONFIG).is_file():
+            raise RunFolderError(f"{path} is not a run folder: it has no {CONFIG}")
+        return cls(path)
+
+    @classmethod
     def for_resume(cls, path: Path) -> RunFolder:
         """An existing run folder holding a trainer state to continue from."""
         folder = cls(path)
@@ -167,14 +178,17 @@ class RunFolder:
         self.save_config(config)
         write_atomic(self.path / CLASSES, json.dumps(class_names) + "\n")
 
-    def load_config(self, overrides: Sequence[str] = ()) -> Config:
-        """The run's saved config, with the overrides a resume allows.
+    def config(self, overrides: Sequence[str] = (), *, check_files: bool = False) -> Config:
+        """The run's saved config with `overrides` applied; its output folder is this folder,
+        wherever it is now. Its input files (data, weights) must exist only if `check_files`."""
+        config = load_config(self.path / CONFIG, overrides, check_files=check_files)
+        run = dataclasses.replace(config.run, output_dir=self.path)
+        return dataclasses.replace(config, run=run)
 
-        The output folder is this folder, wherever it is now.
-        """
-        path = self.path / CONFIG
-        saved = load_config(path)
-        config = load_config(path, overrides) if overrides else saved
+    def resume_config(self, overrides: Sequence[str] = ()) -> Config:
+        """The run's saved config, with the overrides a resume allows."""
+        saved = self.config(check_files=True)
+        config = self.config(overrides, check_files=True) if overrides else saved
         problems = [
             f"{key}: cannot change when resuming (the run's saved state fixes it); "
             f"only {', '.join(RESUMABLE_CHANGES)} can; start a new run to change the rest"
@@ -188,8 +202,35 @@ class RunFolder:
             )
         if problems:
             raise ConfigError(problems)
-        run = dataclasses.replace(config.run, output_dir=self.path)
-        return dataclasses.replace(config, run=run)
+        return config
+
+    def class_names(self, num_classes: int) -> list[str]:
+        """The run's class names, indexed by label; there must be `num_classes` of them."""
+        path = self.path / CLASSES
+        try:
+            names = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RunFolderError(f"cannot read the class names in {path}: {exc}") from None
+        if not isinstance(names, list) or len(names) != num_classes:
+            raise RunFolderError(
+                f"{path} should list the {num_classes} class names of the model, got {names!r}"
+            )
+        return [str(name) for name in names]
+
+    def weights_path(self, weights: Path | None = None) -> Path:
+        """`weights` if given, else the run's best.safetensors."""
+        if weights is not None:
+            return weights
+        if not (self.path / BEST).is_file():
+            raise RunFolderError(
+                f"{self.path}: no {BEST} there (a run writes it after its first epoch); "
+                "train longer, or pass --weights FILE"
+            )
+        return self.path / BEST
+
+    def load_model(self, weights: Path | None = None) -> nn.Module:
+        """The run's trained network in eval mode, with `weights` or else its best."""
+        return load_trained_model(self.config().model, self.weights_path(weights))
 
     def save_config(self, config: Config) -> None:
         text = yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
@@ -257,6 +298,30 @@ class RunFolder:
             optimizer=_unpack(state["optimizer"], tensors),
             scheduler=_unpack(state["scheduler"], tensors),
             trainer=trainer,
+        )
+
+
+def load_trained_model(cfg: ModelConfig, weights: Path) -> nn.Module:
+    """A trained network in eval mode: `cfg.arch` with `cfg.num_classes` outputs, exactly."""
+    model = ARCHS[cfg.arch](num_classes=cfg.num_classes)
+    try:
+        model.load_state_dict(load_state_dict_file(weights))
+    except RuntimeError as exc:
+        raise FinetuneError(
+            f"{weights} does not fit {cfg.arch} with {cfg.num_classes} classes: {exc}\n"
+            "Pass the weights of a trained run (its best.safetensors), or the run folder itself"
+        ) from None
+    return model.eval()
+
+
+def check_class_count(cfg: ModelConfig, class_names: Sequence[str]) -> None:
+    """The model must have one output per class of the data."""
+    if len(class_names) != cfg.num_classes:
+        raise ConfigError(
+            [
+                f"model.num_classes: is {cfg.num_classes}, but the data has "
+                f"{len(class_names)} classes; set model.num_classes={len(class_names)}"
+            ]
         )
 
 

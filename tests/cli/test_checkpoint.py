@@ -20,6 +20,7 @@ from cli.training.run_folder import (
     RunFolder,
     RunFolderError,
     TrainerState,
+    check_class_count,
     write_atomic,
 )
 from engine import nn, optim
@@ -146,18 +147,35 @@ def saved_run(tmp_path: Path, **schedule: object) -> RunFolder:
 
 def test_a_resume_may_train_longer(tmp_path: Path):
     folder = saved_run(tmp_path)
-    config = folder.load_config(["schedule.epochs=5", "data.num_workers=0"])
+    config = folder.resume_config(["schedule.epochs=5", "data.num_workers=0"])
     assert config.schedule.epochs == 5 and config.run.output_dir == folder.path
     folder.save_config(config)
-    assert folder.load_config() == config
+    assert folder.resume_config() == config
 
 
 def test_a_resume_refuses_changes_that_break_exactness(tmp_path: Path):
     folder = saved_run(tmp_path)
     with pytest.raises(ConfigError) as refused:
-        folder.load_config(["optim.lr=0.5", "data.augment.hflip=true"])
+        folder.resume_config(["optim.lr=0.5", "data.augment.hflip=true"])
     assert {p.split(":")[0] for p in refused.value.problems} == {"optim.lr", "data.augment.hflip"}
     (tmp_path / "cosine").mkdir()
     cosine = saved_run(tmp_path / "cosine", scheduler="cosine")
     with pytest.raises(ConfigError, match="cosine"):
-        cosine.load_config(["schedule.epochs=4"])
+        cosine.resume_config(["schedule.epochs=4"])
+
+
+def test_reading_a_run_goes_through_the_run_folder(tmp_path: Path):
+    folder = saved_run(tmp_path)
+    (tmp_path / "moved").mkdir()
+    moved = RunFolder.open(folder.path.rename(tmp_path / "moved" / "run"))
+    assert moved.config().run.output_dir == moved.path  # wherever the folder is now
+    assert moved.class_names(2) == ["a", "b"]
+    with pytest.raises(RunFolderError, match="should list the 3 class names"):
+        moved.class_names(3)
+    with pytest.raises(RunFolderError, match="no best.safetensors"):
+        moved.weights_path()
+    assert moved.weights_path(tmp_path / "w.safetensors") == tmp_path / "w.safetensors"
+    with pytest.raises(RunFolderError, match="not a run folder"):
+        RunFolder.open(tmp_path)
+    with pytest.raises(ConfigError, match="set model.num_classes=3"):
+        check_class_count(moved.config().model, ["a", "b", "c"])
