@@ -7,8 +7,8 @@ Each section is a frozen dataclass, and one validator walks the field types
 problem is collected and reported at once in a `ConfigError`.
 
 Paths: a relative input path (model.weights, data.root) is looked up next to
-the config file first, then in the current directory; run.output_dir is
-relative to the current directory.
+the config file first, then in the current directory (a bundled config's only
+in the current directory); run.output_dir is relative to the current directory.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 
 import yaml
 
+from cli import bundled
 from cli.errors import ConfigError
 
 
@@ -422,14 +423,18 @@ def _convert_leaf(tp: type, value: Any) -> Any:
 
 
 def load_config(path: Path, overrides: Sequence[str] = (), *, check_files: bool = True) -> Config:
-    """Read a YAML config, apply `key.sub=value` overrides, and validate everything.
+    """Read a YAML config (or the bundled config `path` names, when no such file exists),
+    apply `key.sub=value` overrides, and validate everything.
 
     Raises ConfigError listing every problem, each naming the file and key.
     `check_files=False` skips existence checks of input paths (for commands
     that only look at the model).
     """
-    path = Path(path)
-    ctx = _Context(str(path), path.parent, check_files)
+    given, path = Path(path), bundled.resolve(Path(path))
+    if path != given:  # a bundled config by name: its relative paths are the user's, in the CWD
+        ctx = _Context(f"{path.name} (bundled)", None, check_files)
+    else:
+        ctx = _Context(str(path), path.parent, check_files)
     data = _read_yaml(path)
     _apply_overrides(data, overrides, ctx)
     config = _validate(data, ctx)
@@ -459,7 +464,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError([f"{path}: config file not found"]) from None
+        hint = f"give a file, or a bundled config's name: {bundled.listing()}"
+        raise ConfigError([f"{path}: config file not found; {hint}"]) from None
     except IsADirectoryError:
         raise ConfigError([f"{path}: is a folder, expected a YAML config file"]) from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -107,7 +107,18 @@ def main(
     """Fine-tune ResNet image classifiers on the CPU, with a NumPy engine that follows torch."""
 
 
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="[KEY=VALUE]...",
+        help="Dotted config overrides, e.g. optim.lr=0.001.",
+        show_default=False,
+    ),
+]
+
+
 @verb(
+    "finetune train quickstart                                # a bundled config, from any folder",
     "finetune train configs/quickstart.yaml                   # the bundled digits, offline",
     "finetune train configs/quickstart.yaml optim.lr=0.05 schedule.epochs=8",
     "finetune train my.yaml run.output_dir=runs/try1 --overwrite",
@@ -117,16 +128,13 @@ def main(
 def train(
     config: Annotated[
         Path | None,
-        typer.Argument(metavar="CONFIG.yaml", help="The run's YAML config.", show_default=False),
-    ] = None,
-    overrides: Annotated[
-        list[str] | None,
         typer.Argument(
-            metavar="[KEY=VALUE]...",
-            help="Dotted config overrides, e.g. optim.lr=0.001.",
+            metavar="CONFIG.yaml",
+            help="The run's YAML config, or a bundled config's name (finetune config list).",
             show_default=False,
         ),
     ] = None,
+    overrides: Overrides = None,
     resume: Annotated[
         Path | None,
         typer.Option(
@@ -343,6 +351,79 @@ def predict(
     run_prediction(run_dir, images, top_k, weights)
 
 
+config_app = typer.Typer(
+    help="The bundled configs: list them, copy one to edit, validate a config.",
+    epilog="\n".join(
+        [
+            "[bold]Examples[/bold]",
+            "finetune config list",
+            "finetune config copy resnet18-finetune my.yaml",
+            "finetune config validate my.yaml optim.lr=0.001",
+        ]
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(config_app, name="config")
+
+
+@verb("finetune config list", group=config_app, name="list")
+def config_list() -> None:
+    """The bundled configs, by name: `finetune train NAME` runs one from any folder."""
+    from cli.bundled import show
+
+    show()
+
+
+@verb(
+    "finetune config copy quickstart                  # -> ./quickstart.yaml",
+    "finetune config copy resnet18-finetune my.yaml   # then edit my.yaml",
+    group=config_app,
+    name="copy",
+)
+def config_copy(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A bundled config's name.")],
+    dest: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[DEST]",
+            help="The file, or a folder for NAME.yaml (default: the current folder).",
+            show_default=False,
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace DEST if it exists.")
+    ] = False,
+) -> None:
+    """Copy a bundled config, to edit it and train with it."""
+    from cli.bundled import copy
+
+    target = copy(name, dest, overwrite=overwrite)
+    typer.echo(f"copied {name} to {target}; edit it, then: finetune train {target}")
+
+
+@verb(
+    "finetune config validate my.yaml",
+    "finetune config validate quickstart data.image_size=64 > resolved.yaml",
+    group=config_app,
+    name="validate",
+)
+def config_validate(
+    config: Annotated[
+        Path,
+        typer.Argument(
+            metavar="CONFIG.yaml",
+            help="A config file or a bundled config's name.",
+            show_default=False,
+        ),
+    ],
+    overrides: Overrides = None,
+) -> None:
+    """Check a config as train would (every problem at once, exit 2); print it resolved."""
+    from cli.validate import validate
+
+    validate(config, overrides or [])
+
+
 @verb(
     "finetune bench                        # train, frozen, eval at 32x64 and 16x224; the loader",
     "finetune bench --vs-torch --json bench.json     # engine/torch ratios, figures for tracking",
@@ -387,7 +468,7 @@ def bench(
     steps: Annotated[int, typer.Option("--steps", min=1, help="Timed steps of a run.")] = 5,
     vs_torch: Annotated[
         bool,
-        typer.Option("--vs-torch", help="Also time torch (needs a source checkout and torch)."),
+        typer.Option("--vs-torch", help="Also time torch (needs torch installed)."),
     ] = False,
     profile: Annotated[
         bool, typer.Option("--profile", help="Break the engine's steps down by op.")
