@@ -178,6 +178,7 @@ class DataConfig(_Section):
     on_bad_image: Literal["stop", "skip"] = "stop"
     cache_features: bool = True
     limit: PositiveInt | None = None
+    micro_batches: PositiveInt = 1
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.dataset != "digits":
@@ -261,6 +262,20 @@ class RunConfig(_Section):
 
 
 @dataclass(frozen=True)
+class DistConfig(_Section):
+    """Data-parallel training over processes (cli.training.distributed).
+
+    `backend` auto uses MPI when a launcher (mpiexec, srun) started more than one process;
+    `batchnorm` sync normalises with the statistics of the whole global batch, local with
+    each shard's; `timeout_s` aborts a job whose processes stop hearing from each other.
+    """
+
+    backend: Literal["auto", "none", "mpi"] = "auto"
+    batchnorm: Literal["local", "sync"] = "local"
+    timeout_s: PositiveFloat = 600.0
+
+
+@dataclass(frozen=True)
 class Config(_Section):
     """A whole, validated run configuration."""
 
@@ -269,6 +284,15 @@ class Config(_Section):
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.dist.batchnorm == "sync" and self.data.micro_batches > 1:
+            yield (
+                "dist.batchnorm",
+                "sync needs each process's whole part of a batch at once; "
+                "set data.micro_batches=1 (or dist.batchnorm=local)",
+            )
 
     @classmethod
     def from_dict(

@@ -6,6 +6,8 @@ from __future__ import annotations
 class FinetuneError(Exception):
     """Base class: a problem with the user's input, not a bug in finetune."""
 
+    shared = False  # raised by every process of a job at the same point: rank 0 reports it
+
 
 class ConfigError(FinetuneError):
     """One or more problems in a config; all of them are listed at once."""

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from cli import __version__
 from cli.errors import ConfigError
+from cli.launcher import abort_job, launched_rank, limit_blas_threads
 
 app = typer.Typer(
     name="finetune",
@@ -53,9 +54,14 @@ def _reporting_errors(function: Verb) -> Verb:
             raise
         except (Exception, KeyboardInterrupt) as exc:
             if os.environ.get("FINETUNE_DEBUG"):
+                abort_job_after(exc)
                 raise
             code = _exit_code(exc)
-            _report(exc, code)
+            rank = launched_rank()
+            if rank == 0 or not getattr(exc, "shared", False):
+                _report(exc, code, f"[rank {rank}] " if rank else "")
+            if not getattr(exc, "shared", False):
+                abort_job(code)  # the other processes must not wait for this one
             raise typer.Exit(code) from None
 
     return run  # type: ignore[return-value]
@@ -69,7 +75,16 @@ def _exit_code(exc: BaseException) -> int:
     return getattr(exc, "exit_code", 1)
 
 
-def _report(exc: BaseException, code: int) -> None:
+def abort_job_after(exc: BaseException) -> None:
+    """With FINETUNE_DEBUG: the traceback first, then the job's end (as without it)."""
+    if not getattr(exc, "shared", False):
+        import traceback
+
+        traceback.print_exception(exc)
+        abort_job(1)
+
+
+def _report(exc: BaseException, code: int, rank: str = "") -> None:
     from cli.errors import FinetuneError
     from engine.io import WeightsError
 
@@ -86,7 +101,9 @@ def _report(exc: BaseException, code: int) -> None:
             "This is a bug in finetune; set FINETUNE_DEBUG=1 to see the traceback."
         )
     style = "yellow" if code == 130 else "bold red"
-    Console(stderr=True, soft_wrap=True).print(Text(f"{prefix}: ", style=style) + Text(message))
+    Console(stderr=True, soft_wrap=True).print(
+        Text(rank) + Text(f"{prefix}: ", style=style) + Text(message)
+    )
 
 
 def _show_version(value: bool) -> None:
@@ -105,6 +122,7 @@ def main(
     ] = False,
 ) -> None:
     """Fine-tune ResNet image classifiers on the CPU, with a NumPy engine that follows torch."""
+    limit_blas_threads()  # before any verb imports NumPy
 
 
 Overrides = Annotated[

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +20,10 @@ from rich.console import Console
 
 import engine
 from cli.config import Config, load_config
-from cli.data import DataLoader, ImageDataset, build_datasets
+from cli.data import ImageDataset, build_datasets
 from cli.errors import ConfigError, DataError
 from cli.training.build import Trainee, build
+from cli.training.distributed import Bystander, Job, agree, check_backend, connect
 from cli.training.features import Features, cached_features, head_only
 from cli.training.loop import Forward, StopRequest, Trainer
 from cli.training.progress import Row, Tracker, open_display
@@ -31,11 +32,13 @@ from cli.training.run_folder import (
     CONFIG,
     FEATURES,
     TRAINER_STATE,
+    Checkpoint,
     RunFolder,
     RunFolderError,
     TrainerState,
     check_class_count,
 )
+from cli.training.sharding import ShardedLoader, Sharding
 
 
 def train(
@@ -50,27 +53,25 @@ def train(
     When resuming, `overrides` apply to the run's saved config and may only
     change what does not break an exact continuation (e.g. schedule.epochs).
     """
-    if resume is None:
-        config = load_config(config_path, overrides)
-        folder, source = RunFolder.for_new_run(config.run.output_dir, overwrite), config_path
+    job = Job(connect())
+    if job.comm.rank == 0:  # rank 0 alone reads, checks and writes the run folder
+        config, folder, source = _open(config_path, overrides, resume, overwrite)
+        job.comm = check_backend(config.dist, job.comm)
+        trainee, (train_set, val_set, class_names) = _build(config, source)
+        start, history = _begin(config, folder, resume, trainee, train_set, class_names)
+        job.comm.broadcast((config, source, start, history))
     else:
-        folder = RunFolder.for_resume(resume)
-        config, source = folder.resume_config(overrides), folder.path / CONFIG
-    with _naming_the_file(source):
-        engine.manual_seed(config.run.seed)
-        trainee = build(config)
-        train_set, val_set, class_names = build_datasets(config.data, config.run.seed)
-        _check_data(config, train_set, class_names)
-    identity = hashlib.sha256(train_set.identity().encode()).hexdigest()
-    if resume is None:
-        state, history = TrainerState(data_seed=config.run.seed, data_identity=identity), []
-        folder.start(config, class_names)
-    else:
-        state, history = _restore(folder, trainee, identity)
-        folder.save_config(config)  # with the epochs a resume may add
-    console = Console()
+        config, source, start, history = job.comm.broadcast(None)
+        folder = Bystander(config.run.output_dir)
+        trainee, (train_set, val_set, class_names) = _build(config, source)
+        _load(trainee, start)
+    state = start.trainer
+    agree(job.comm, _state_arrays(trainee), "the weights, buffers and optimizer state")
+    job.sharding = Sharding(job.comm.rank, job.comm.size, config.data.micro_batches)
+    job.sync_batchnorm = config.dist.batchnorm == "sync"
+    console = Console(quiet=job.comm.rank > 0)
     forward, *loaders = _inputs(
-        config, trainee, train_set, val_set, state.data_seed, folder, console
+        config, trainee, train_set, val_set, state.data_seed, folder, console, job.sharding
     )
     with open_display(config.schedule.epochs, console) as display:
         tracker = Tracker(
@@ -80,15 +81,66 @@ def train(
             lr=lambda: trainee.optimizer.param_groups[0]["lr"],
             log_every=config.run.log_every,
         )
-        with StopRequest() as stop:
+        with StopRequest() as stop, job.comm.watchdog(config.dist.timeout_s) or nullcontext():
             trainer = Trainer(
-                config, trainee, forward, state, folder, *loaders, tracker, stop, history
+                config, trainee, forward, state, folder, *loaders, tracker, stop, history, job
             )
             display.note(trainer.describe(resumed=resume is not None))
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 trainer.fit()  # overflow shows as a NaN or inf loss, reported with advice
     display.summary(history, state.best_epoch, folder.path / BEST)
-    _report_skipped(train_set, val_set)
+    if job.comm.rank == 0:
+        _report_skipped(train_set, val_set)
+
+
+def _open(
+    config_path: Path | None, overrides: Sequence[str], resume: Path | None, overwrite: bool
+) -> tuple[Config, RunFolder, Path]:
+    """The run's config, its folder (checked, not yet written) and the config's file."""
+    if resume is None:
+        config = load_config(config_path, overrides)
+        return config, RunFolder.for_new_run(config.run.output_dir, overwrite), config_path
+    folder = RunFolder.for_resume(resume)
+    return folder.resume_config(overrides), folder, folder.path / CONFIG
+
+
+def _build(
+    config: Config, source: Path
+) -> tuple[Trainee, tuple[ImageDataset, ImageDataset, list[str]]]:
+    """The model, optimizer and scheduler, and the datasets, checked against the config."""
+    with _naming_the_file(source):
+        engine.manual_seed(config.run.seed)
+        trainee = build(config)
+        datasets = build_datasets(config.data, config.run.seed)
+        _check_data(config, datasets[0], datasets[2])
+    return trainee, datasets
+
+
+def _begin(
+    config: Config,
+    folder: RunFolder,
+    resume: Path | None,
+    trainee: Trainee,
+    train_set: ImageDataset,
+    class_names: list[str],
+) -> tuple[Checkpoint, list[Row]]:
+    """Start the run folder, or restore the run saved there: the state every process starts
+    from (rank 0 sends it to the others), and the epochs' metrics so far."""
+    identity = hashlib.sha256(train_set.identity().encode()).hexdigest()
+    if resume is None:
+        folder.start(config, class_names)
+        state, history = TrainerState(data_seed=config.run.seed, data_identity=identity), []
+    else:
+        state, history = _restore(folder, trainee, identity)
+        folder.save_config(config)  # with the epochs a resume may add
+    scheduler = trainee.scheduler
+    start = Checkpoint(
+        model=trainee.model.state_dict(),
+        optimizer=trainee.optimizer.state_dict(),
+        scheduler=None if scheduler is None else scheduler.state_dict(),
+        trainer=state,
+    )
+    return start, history
 
 
 def _report_skipped(*datasets: ImageDataset) -> None:
@@ -110,17 +162,19 @@ def _inputs(
     seed: int,
     folder: RunFolder,
     console: Console,
-) -> tuple[Forward, DataLoader, DataLoader]:
+    sharding: Sharding,
+) -> tuple[Forward, ShardedLoader, ShardedLoader]:
     """What the loop calls on each batch, and the training and validation loaders: the model
     on images or, when only the head trains, the head on features cached in the run folder
-    (cli.training.features; computed before the progress display opens, with a bar of their own)."""
+    (cli.training.features; computed before the progress display opens, with a bar of their own;
+    not in a job of several processes, where each would compute every feature)."""
     data = config.data
 
-    def loader(dataset: ImageDataset | Features, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, data.batch_size, shuffle, seed, data.num_workers)
+    def loader(dataset: ImageDataset | Features, shuffle: bool) -> ShardedLoader:
+        return ShardedLoader(dataset, data.batch_size, sharding, shuffle, seed, data.num_workers)
 
     model = trainee.model
-    if not (data.cache_features and head_only(trainee, train_set)):
+    if not (data.cache_features and sharding.processes == 1 and head_only(trainee, train_set)):
         return model, loader(train_set, True), loader(val_set, False)
     splits = {"train": train_set, "val": val_set}
     train_set, val_set = cached_features(config, model, splits, folder.path / FEATURES, console)
@@ -150,16 +204,12 @@ def _restore(folder: RunFolder, trainee: Trainee, identity: str) -> tuple[Traine
     """
     checkpoint = folder.load_checkpoint()
     try:
-        trainee.model.load_state_dict(checkpoint.model)
-        trainee.optimizer.load_state_dict(checkpoint.optimizer)
-        if trainee.scheduler is not None:
-            trainee.scheduler.load_state_dict(checkpoint.scheduler)
+        _load(trainee, checkpoint)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise RunFolderError(
             f"{folder.path / TRAINER_STATE} does not fit the model and optimizer of "
             f"{folder.path / CONFIG}: {exc}"
         ) from None
-    engine.set_rng_state(checkpoint.trainer.rng)
     state = checkpoint.trainer
     if state.data_identity != identity:
         Console(stderr=True, soft_wrap=True).print(
@@ -173,3 +223,21 @@ def _restore(folder: RunFolder, trainee: Trainee, identity: str) -> tuple[Traine
 
     history = [row for row in folder.keep_metrics(saved) if "step" not in row]
     return state, history
+
+
+def _load(trainee: Trainee, checkpoint: Checkpoint) -> None:
+    """Put a checkpoint's model, optimizer, scheduler and random state in place."""
+    trainee.model.load_state_dict(checkpoint.model)
+    trainee.optimizer.load_state_dict(checkpoint.optimizer)
+    if trainee.scheduler is not None:
+        trainee.scheduler.load_state_dict(checkpoint.scheduler)
+    if checkpoint.trainer.rng:
+        engine.set_rng_state(checkpoint.trainer.rng)
+
+
+def _state_arrays(trainee: Trainee) -> list[np.ndarray]:
+    """The model's weights and buffers and the optimizer's state, as arrays."""
+    arrays = [value.numpy() for value in trainee.model.state_dict().values()]
+    for state in trainee.optimizer.state_dict()["state"].values():
+        arrays += [v.numpy() for v in state.values() if isinstance(v, engine.Tensor)]
+    return arrays

@@ -13,17 +13,21 @@ import functools
 import math
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+import numpy as np
+
 import engine
 from cli.config import Config
-from cli.data import DataLoader
 from cli.errors import FinetuneError
 from cli.training.build import Trainee
+from cli.training.distributed import Job
 from cli.training.progress import Row, Tracker
+from cli.training.reduction import StepReduction
 from cli.training.run_folder import BEST, LAST, Checkpoint, RunFolder, Tally, TrainerState
+from cli.training.sharding import ShardedLoader
 from engine import nn
 from engine.nn import functional as F
 from engine.nn.utils import clip_grad_norm_
@@ -40,11 +44,14 @@ LONE_IMAGE = (
 class Diverged(FinetuneError):
     """The loss became NaN or infinite."""
 
+    shared = True
+
 
 class Interrupted(FinetuneError):
     """Stopped by Ctrl-C after saving; the message says how to resume."""
 
     exit_code = 130
+    shared = True
 
 
 @dataclass
@@ -56,17 +63,19 @@ class Trainer:
     forward: Forward  # the model, or its head when training on cached features
     state: TrainerState
     folder: RunFolder
-    train_loader: DataLoader
-    val_loader: DataLoader
+    train_loader: ShardedLoader
+    val_loader: ShardedLoader
     tracker: Tracker
     stop: StopRequest
     history: list[Row]
+    job: Job = field(default_factory=Job)
 
     def __post_init__(self) -> None:
         smoothing = self.config.schedule.label_smoothing
         self.criterion = functools.partial(F.cross_entropy, label_smoothing=smoothing)
         resumed = self.state.global_step > 0
         self.last_saved = self.position() if resumed else None
+        self.reduction = StepReduction(self.job.comm, self.forward, self.job.sharding.shards)
 
     def fit(self) -> None:
         """Train the remaining epochs; validate, step the scheduler and save after each."""
@@ -80,25 +89,32 @@ class Trainer:
             raise Interrupted(f"quit at once. {self.kept(resumable=True)}") from None
 
     def train_epoch(self) -> None:
-        """The seed's step, for each remaining batch of the epoch."""
-        model, optimizer = self.forward, self.trainee.optimizer
+        """The seed's step, for each remaining batch of the epoch: forward and backward on each
+        of this process's shards, one sum over the processes (cli.training.reduction), step."""
+        model, optimizer, reduction = self.forward, self.trainee.optimizer, self.reduction
         clip = self.config.schedule.grad_clip
         self.trainee.train_mode()
-        for images, labels in self.train_loader:
-            if len(labels) == 1 and self.normalises_batches():
+        normalises = self.train_loader.min_size = 2 if self.normalises_batches() else 1
+        for batch in self.train_loader:
+            if batch.size == 1 and normalises > 1:
                 self.tracker.skip(LONE_IMAGE)
                 continue
-            x, y = engine.from_numpy(images), engine.from_numpy(labels)
-            logits = model(x)
-            loss = self.criterion(logits, y)
-            self.check_finite(loss.item(), "training")
             optimizer.zero_grad()
-            loss.backward()
+            reduction.begin()
+            with self.job.synced(batch.size, normalises):
+                for images, labels in batch.shards:
+                    x, y = engine.from_numpy(images), engine.from_numpy(labels)
+                    logits = model(x)
+                    loss = self.criterion(logits, y)
+                    (loss * (len(labels) / batch.size)).backward()
+                    reduction.add(loss.item(), correct(logits, y), len(labels))
+            step = reduction.reduce(batch.size, self.stop.requested)
+            self.check_finite(step.loss, "training")
             if clip is not None:
                 clip_grad_norm_(self.trainee.trainable, clip)
             optimizer.step()
-            self.tracker.step(loss.item(), correct(logits, y), len(labels))
-            self.stop_if_requested()
+            self.tracker.step(step.loss, step.correct, step.images)
+            self.stop_if_requested(step.stop)
 
     def normalises_batches(self) -> bool:
         """Whether a BatchNorm layer trains on batch statistics (which one image cannot give)."""
@@ -113,11 +129,17 @@ class Trainer:
         model, tally = self.forward, Tally()
         self.trainee.model.eval()
         with engine.no_grad():
-            for images, labels in self.val_loader:
-                x, y = engine.from_numpy(images), engine.from_numpy(labels)
-                logits = model(x)
-                tally.add(self.criterion(logits, y).item(), correct(logits, y), len(labels))
-                self.stop_if_requested()
+            for batch in self.val_loader:
+                sums = np.zeros(4)  # loss sum, correct, images, stop: over the processes
+                for images, labels in batch.shards:
+                    x, y = engine.from_numpy(images), engine.from_numpy(labels)
+                    logits = model(x)
+                    loss = self.criterion(logits, y).item()
+                    sums[:3] += (loss * len(labels), correct(logits, y), len(labels))
+                sums[3] = self.stop.requested
+                self.job.comm.allreduce(sums)
+                tally.add(sums[0] / max(sums[2], 1), int(sums[1]), int(sums[2]))
+                self.stop_if_requested(sums[3] > 0)
         self.check_finite(tally.mean_loss, "validation")
         return tally.mean_loss, tally.accuracy
 
@@ -187,9 +209,9 @@ class Trainer:
             "(schedule.grad_clip=1.0) or a warm-up (schedule.warmup_epochs=1)."
         )
 
-    def stop_if_requested(self) -> None:
-        """After Ctrl-C: save where the loop stands and stop."""
-        if not self.stop.requested:
+    def stop_if_requested(self, requested: bool) -> None:
+        """After Ctrl-C (on any process): save where the loop stands and stop."""
+        if not requested:
             return
         self.tracker.display.note("Ctrl-C: saving the run so far (press Ctrl-C again to quit now)")
         self.save()
@@ -205,12 +227,13 @@ class Trainer:
         if resumed and self.state.epoch >= epochs:
             return f"{path} has finished its {epochs} epochs (add more with schedule.epochs=N)"
         if resumed:
-            return f"Resuming {path} from {self.position()}"
+            return f"Resuming {path} from {self.position()}{self.job.describe()}"
         model, data = self.config.model, self.config.data
         return (
             f"Training {model.arch} on {len(self.train_loader.dataset)} images "
             f"({len(self.val_loader.dataset)} for validation), {model.num_classes} classes, "
-            f"{len(self.train_loader)} batches per epoch of {data.batch_size}; run folder {path}"
+            f"{len(self.train_loader)} batches per epoch of {data.batch_size}"
+            f"{self.job.describe()}; run folder {path}"
         )
 
 

@@ -51,7 +51,15 @@ TRAINER_STATE = "trainer_state.safetensors"
 FEATURES = "features"
 RUN_FILES = (CONFIG, CLASSES, METRICS, LAST, BEST, TRAINER_STATE)
 _FORMAT = "finetune.trainer_state.v1"
-RESUMABLE_CHANGES = ("schedule.epochs", "run.log_every", "run.checkpoint_every", "data.num_workers")
+RESUMABLE_CHANGES = (
+    "schedule.epochs",
+    "run.log_every",
+    "run.checkpoint_every",
+    "data.num_workers",
+    "data.micro_batches",
+    "dist.backend",
+    "dist.timeout_s",
+)
 
 
 class RunFolderError(FinetuneError):

@@ -188,7 +188,7 @@ def test_missing_config_file_and_non_mapping_config(tmp_path):
     assert found.startswith(f"{tmp_path / 'absent.yaml'}: config file not found; ")
     assert "a bundled config's name: digits-pretrain, digits-transfer, quickstart" in found
     (found,) = problems(write(tmp_path, "- just\n- a list\n"))
-    assert "expected a mapping of sections (model, data, optim, schedule, run)" in found
+    assert "expected a mapping of sections (model, data, optim, schedule, run" in found
 
 
 def test_all_problems_are_reported_at_once(tmp_path):

@@ -11,11 +11,18 @@ squared deviations are summed by ``einsum``, both in one pass; partial sums are 
 float64. Backward is ``dx = a*dy + b*x + c`` per channel, without materialising x-hat. For
 data whose mean is large next to its spread, sums and affine maps subtract (an estimate of)
 the mean first so as not to lose digits; elsewhere they save that pass.
+
+Sync BatchNorm (torch's ``SyncBatchNorm``, for a batch split over processes): inside
+``synced_batch_stats(sync)``, training-mode batch norm hands its per-channel moments to
+``sync.moments`` and the sums of its backward to ``sync.sums``, which combine them over the
+shards; the engine itself knows nothing of processes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
 
 import numpy as np
 
@@ -28,6 +35,32 @@ MIN_BLOCK_ELEMENTS = 1 << 16  # ... down to this for small arrays
 FAR_FROM_ZERO = 8.0  # |mean| / std beyond which affine maps subtract the mean before scaling
 NEAR_ZERO = 1.0  # |mean| / std up to which sums over x skip subtracting the mean first
 SAMPLE_ELEMENTS = 1 << 14  # the first rows that tell whether the mean is near zero
+
+
+class StatsSync(Protocol):
+    """Combines batch norm's per-channel numbers over the shards of one batch."""
+
+    def moments(
+        self, count: int, mean: np.ndarray, var: np.ndarray
+    ) -> tuple[int, np.ndarray, np.ndarray]:
+        """The whole batch's (count, mean, biased variance) from this shard's, in float64."""
+
+    def sums(self, *sums: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Each per-channel sum over the whole batch, from this shard's."""
+
+
+_sync: list[StatsSync] = []
+
+
+@contextmanager
+def synced_batch_stats(sync: StatsSync) -> Iterator[None]:
+    """Training-mode batch norm inside normalises with the statistics ``sync`` combines (and
+    its backward, wherever it runs, sums through ``sync`` too)."""
+    _sync.append(sync)
+    try:
+        yield
+    finally:
+        _sync.pop()
 
 
 def _channels_last(x: np.ndarray) -> np.ndarray:
@@ -200,8 +233,10 @@ class BatchNorm(Op):
     differentiable = False
     backward_name = "NativeBatchNormBackward0"
 
-    def __init__(self, training: bool, eps: float, relu: bool = False) -> None:
-        self.training, self.eps, self.relu = training, eps, relu
+    def __init__(
+        self, training: bool, eps: float, relu: bool = False, sync: StatsSync | None = None
+    ) -> None:
+        self.training, self.eps, self.relu, self.sync = training, eps, relu, sync
         if relu:
             self.backward_name = "ReluBackward0"
 
@@ -211,6 +246,8 @@ class BatchNorm(Op):
         if self.training:
             self.count = rows.shape[0] * rows.shape[1]
             mean, var = _moments(rows)
+            if self.sync is not None:
+                self.count, mean, var = self.sync.moments(self.count, mean, var)
             self.batch_mean, self.batch_var = mean, var
         else:
             mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
@@ -258,9 +295,13 @@ class BatchNorm(Op):
             dx = np.empty_like(grad)
             terms, const = [(grad_rows, None, scale)], None
             if self.training:
-                coef_x, center = -scale * invstd * invstd * dot / self.count, _center(mean, invstd)
+                total_dy, total_dot = (
+                    (sum_dy, dot) if self.sync is None else self.sync.sums(sum_dy, dot)
+                )
+                coef_x = -scale * invstd * invstd * total_dot / self.count
+                center = _center(mean, invstd)
                 terms.append((rows, center, coef_x))
-                const = -scale * sum_dy / self.count
+                const = -scale * total_dy / self.count
                 if center is None:
                     const -= coef_x * mean
             _combine(_rows(dx), terms, const)
@@ -321,7 +362,7 @@ def batch_norm(
         raise RuntimeError(
             f"residual of shape {list(residual.shape)} does not match input {list(input.shape)}"
         )
-    op = BatchNorm(training, eps, relu)
+    op = BatchNorm(training, eps, relu, _sync[-1] if training and _sync else None)
     out = op(input, weight, bias, running_mean, running_var, residual)
     if training and running_mean is not None:
         _update_running(running_mean, op.batch_mean, momentum)
