@@ -447,6 +447,7 @@ def config_validate(
     "finetune bench --vs-torch --json bench.json     # engine/torch ratios, figures for tracking",
     "finetune bench --workload train --size 8x112 --profile    # where the engine's time goes",
     "finetune bench --workload loader --loader ~/pets/train    # your own folder of images",
+    "finetune bench --ranks 2       # the train step over 2 MPI processes vs 1 (32x64)",
 )
 def bench(
     workload: Annotated[
@@ -508,12 +509,28 @@ def bench(
             show_default=False,
         ),
     ] = None,
+    ranks: Annotated[
+        int | None,
+        typer.Option(
+            "--ranks",
+            min=2,
+            metavar="N",
+            help="Time the train step under mpiexec -n N against one process (needs [mpi]).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Time ResNet18 training, frozen-backbone and eval steps, and the data loader alone."""
     from cli.bench.cases import Settings
     from cli.bench.runner import bench as run_bench
 
     settings = Settings(rounds, warmup, steps, profile, vs_torch)
+    if ranks is not None:
+        from cli.bench.cases import parse_sizes
+        from cli.bench.ranks import bench_ranks
+
+        bench_ranks(ranks, parse_sizes(size, batch) if size else [(batch or 32, 64)], settings)
+        return
     run_bench(workload, size, batch, settings, json_file, loader)
 
 

@@ -11,6 +11,7 @@ Skipped without mpi4py or mpiexec.
 from __future__ import annotations
 
 import importlib.util
+import io
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 
+from cli.bench.cases import Settings
+from cli.bench.ranks import bench_ranks
 from tests.cli.test_train_e2e import plain_env, rows, weights, write_config
 
 MPIEXEC = shutil.which("mpiexec") or shutil.which("mpiexec", path=str(Path(sys.executable).parent))
@@ -203,3 +207,12 @@ def test_backend_none_under_mpiexec_is_a_config_error(work: Path):
     assert done.returncode == 2, done.stderr
     assert "dist.backend: is 'none'" in done.stderr
     assert not (work / "none").exists()
+
+
+def test_bench_ranks_times_the_step_over_two_processes():
+    settings = Settings(rounds=1, warmup=0, steps=1, profile=False, vs_torch=False)
+    (row,) = bench_ranks(2, [(4, 32)], settings, Console(file=io.StringIO()))
+    assert (row["batch"], row["size"], row["ranks"]) == (4, 32, 2)
+    assert row["ms_per_step"] > row["reduce_ms"] > 0 and 0 < row["reduce_share"] < 1
+    assert row["buffer_mb"] > 40  # ResNet18's 11.7M gradients, as float32
+    assert row["efficiency"] > 0
