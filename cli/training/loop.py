@@ -94,14 +94,11 @@ class Trainer:
         model, optimizer, reduction = self.forward, self.trainee.optimizer, self.reduction
         clip = self.config.schedule.grad_clip
         self.trainee.train_mode()
-        normalises = self.train_loader.min_size = 2 if self.normalises_batches() else 1
+        min_size = self.train_loader.min_size = 2 if self.normalises_batches() else 1
         for batch in self.train_loader:
-            if batch.size == 1 and normalises > 1:
-                self.tracker.skip(LONE_IMAGE)
-                continue
             optimizer.zero_grad()
             reduction.begin()
-            with self.job.synced(batch.size, normalises):
+            with self.job.synced(batch.size, min_size):
                 for images, labels in batch.shards:
                     x, y = engine.from_numpy(images), engine.from_numpy(labels)
                     logits = model(x)
@@ -109,11 +106,14 @@ class Trainer:
                     (loss * (len(labels) / batch.size)).backward()
                     reduction.add(loss.item(), correct(logits, y), len(labels))
             step = reduction.reduce(batch.size, self.stop.requested)
-            self.check_finite(step.loss, "training")
-            if clip is not None:
-                clip_grad_norm_(self.trainee.trainable, clip)
-            optimizer.step()
-            self.tracker.step(step.loss, step.correct, step.images)
+            if step.images:
+                self.check_finite(step.loss, "training")
+                if clip is not None:
+                    clip_grad_norm_(self.trainee.trainable, clip)
+                optimizer.step()
+                self.tracker.step(step.loss, step.correct, step.images)
+            else:  # a lone image, which BatchNorm cannot normalise, or none readable
+                self.tracker.skip(LONE_IMAGE)
             self.stop_if_requested(step.stop)
 
     def normalises_batches(self) -> bool:

@@ -76,8 +76,9 @@ class Step:
 class ShardedLoader(DataLoader):
     """A DataLoader whose items are `Step`s: this process's shards of each global batch.
 
-    `min_size` is 2 while BatchNorm trains on batch statistics, else 1. Every process
-    yields a Step for every global batch, even when all its shards are empty.
+    `min_size` is 2 while BatchNorm trains on batch statistics, else 1; a shard left with
+    fewer readable images is left out. Every process yields a Step for every global batch,
+    even when all its shards are empty.
     """
 
     def __init__(
@@ -99,4 +100,6 @@ class ShardedLoader(DataLoader):
     def _load(self, indices: np.ndarray, epoch: int) -> Step:  # type: ignore[override]
         shards = self.sharding.local(indices, self.min_size)
         parts = [DataLoader._load(self, shard, epoch) for shard in shards if len(shard)]
-        return Step(len(indices), [part for part in parts if part is not None])
+        return Step(
+            len(indices), [p for p in parts if p is not None and len(p[1]) >= self.min_size]
+        )
