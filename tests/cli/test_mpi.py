@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,13 @@ from rich.console import Console
 
 from cli.bench.cases import Settings
 from cli.bench.ranks import bench_ranks
-from tests.cli.test_train_e2e import plain_env, rows, weights, write_config
+from tests.cli.test_train_e2e import (
+    interrupt_after_first_step,
+    plain_env,
+    rows,
+    weights,
+    write_config,
+)
 
 MPIEXEC = shutil.which("mpiexec") or shutil.which("mpiexec", path=str(Path(sys.executable).parent))
 pytestmark = [
@@ -163,19 +168,9 @@ def test_stopped_on_two_processes_resumed_on_one(work: Path, two: Path):
 def test_ctrl_c_saves_once_and_resumes_exactly(work: Path, two: Path):
     config = write_config(work, "ctrl-c.yaml", data=DATA, run={"output_dir": "ctrl-c"})
     run = work / "ctrl-c"
-    process = subprocess.Popen(
-        command(2, "train", str(config)),
-        cwd=work,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process, _, err = interrupt_after_first_step(
+        command(2, "train", str(config)), work, env(), run, 60
     )
-    deadline = time.monotonic() + 60
-    while not ((run / "metrics.jsonl").exists() and rows(run)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert err.count("stopped and saved") == 1 and "[rank" not in err
     done = finetune(2, "train", "--resume", str(run), cwd=work)

@@ -172,24 +172,28 @@ def test_resume_after_an_epoch_matches_the_straight_run(
     assert yaml.safe_load((run / "config.yaml").read_text())["schedule"]["epochs"] == 2
 
 
+def interrupt_after_first_step(
+    args: list[str], cwd: Path, env: dict[str, str], run: Path, timeout: float = 300
+) -> tuple[subprocess.Popen, str, str]:
+    """Start `args`, press Ctrl-C once the run folder has a metrics row, and wait for the end."""
+    process = subprocess.Popen(
+        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + timeout
+    while not ((run / "metrics.jsonl").exists() and rows(run)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=timeout)
+    return process, stdout, stderr
+
+
 def test_ctrl_c_saves_mid_epoch_and_resume_matches(
     work: Path, straight: subprocess.CompletedProcess
 ):
     config = write_config(work, "interrupted.yaml", run={"output_dir": "interrupted"})
     run = work / "interrupted"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "train", str(config), "data.num_workers=2"],
-        cwd=work,
-        env=plain_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 300
-    while not ((run / "metrics.jsonl").exists() and rows(run)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=300)
+    args = [sys.executable, "-m", "cli.main", "train", str(config), "data.num_workers=2"]
+    process, stdout, stderr = interrupt_after_first_step(args, work, plain_env(), run)
     assert process.returncode == 130, stdout + stderr
     assert "finetune train --resume" in stderr and "Traceback" not in stderr
     stopped = RunFolder(run).load_checkpoint().trainer
