@@ -369,6 +369,50 @@ def predict(
     run_prediction(run_dir, images, top_k, weights)
 
 
+@verb(
+    "finetune export runs/quickstart-20260101-120000       # -> runs/.../export/best.onnx",
+    "finetune export runs/my-run --weights last --opset 13 --out model.onnx",
+    "finetune export runs/my-run --format safetensors --out resnet18-pets.safetensors",
+)
+def export(
+    run_dir: Annotated[
+        Path, typer.Argument(metavar="RUN_DIR", help="A training run folder.", show_default=False)
+    ],
+    fmt: Annotated[
+        Literal["onnx", "safetensors"],
+        typer.Option(
+            "--format",
+            help="onnx: runs in onnxruntime without torch (needs the onnx extra); "
+            "safetensors: the weights alone, with torchvision's key names.",
+        ),
+    ] = "onnx",
+    weights: Annotated[
+        Literal["best", "last"],
+        typer.Option("--weights", help="The run's best or last weights."),
+    ] = "best",
+    opset: Annotated[
+        int | None,
+        typer.Option(
+            "--opset", metavar="N", help="ONNX opset version (default 17).", show_default=False
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            metavar="FILE",
+            dir_okay=False,
+            help="Where to write (default: RUN_DIR/export/<weights>.<format>).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Export a run's model to a file, with its class names and preprocessing in the metadata."""
+    from cli.export import export as run_export
+
+    run_export(run_dir, fmt, weights, opset, out)
+
+
 config_app = typer.Typer(
     help="The bundled configs: list them, copy one to edit, validate a config.",
     epilog="\n".join(

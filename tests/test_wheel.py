@@ -62,7 +62,7 @@ def test_the_wheel_holds_every_bundled_config_and_the_bench_workers(wheel: Path)
     assert {"cli/bench/worker.py", "cli/bench/torch_worker.py", "cli/data/digits.csv.gz"} <= names
 
 
-def test_the_installed_package_lists_and_trains_a_bundled_config(venv: Path, tmp_path: Path):
+def test_the_installed_package_lists_trains_and_exports_a_bundled_config(venv, tmp_path):
     imports = "import cli, engine; print(cli.__file__, engine.__file__)"
     where = run(venv / "python", "-c", imports, cwd=tmp_path)
     assert str(ROOT) not in where.stdout and str(venv.parent) in where.stdout
@@ -72,6 +72,8 @@ def test_the_installed_package_lists_and_trains_a_bundled_config(venv: Path, tmp
     run(venv / "finetune", "train", "quickstart", "schedule.epochs=1", *tiny, cwd=tmp_path)
     (folder,) = (tmp_path / "runs").glob("quickstart-*")
     assert (folder / "best.safetensors").is_file() and (folder / "config.yaml").is_file()
+    run(venv / "finetune", "export", folder, "--out", "digits.onnx", cwd=tmp_path)
+    assert (tmp_path / "digits.onnx").stat().st_size > 1e6
 
 
 def test_the_installed_package_runs_the_bench_and_finds_its_torch_worker(venv: Path, tmp_path):
