@@ -89,8 +89,9 @@ def train(
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 trainer.fit()  # overflow shows as a NaN or inf loss, reported with advice
     display.summary(history, state.best_epoch, folder.path / BEST)
-    if job.comm.rank == 0:
-        _report_skipped(train_set, val_set)
+    skipped = job.comm.gather([path for data in (train_set, val_set) for path in data.skipped])
+    if job.comm.rank == 0:  # each process read its own shards
+        _report_skipped(list(dict.fromkeys(path for part in skipped for path in part)))
 
 
 def _open(
@@ -143,9 +144,8 @@ def _begin(
     return start, history
 
 
-def _report_skipped(*datasets: ImageDataset) -> None:
+def _report_skipped(skipped: list[str]) -> None:
     """Name the unreadable images that `data.on_bad_image: skip` left out of the run."""
-    skipped = [path for dataset in datasets for path in dataset.skipped]
     if skipped:
         Console(stderr=True, soft_wrap=True).print(
             f"warning: skipped {len(skipped)} unreadable image(s) (data.on_bad_image=skip): "

@@ -50,6 +50,10 @@ class Communicator:
         """Every process's `array`, stacked in rank order: shape (size, *array.shape)."""
         return array[None]
 
+    def gather(self, value: T) -> list[T]:
+        """Every process's `value` in rank order, on rank 0 (elsewhere: empty; pickled)."""
+        return [value]
+
     def first(self, count: int) -> Communicator:
         """The first `count` processes, as a communicator of their own; a call every process
         makes, and only those with rank < count may use the result."""
@@ -87,6 +91,11 @@ class Mpi(Communicator):
         self.comm.Allgather(np.ascontiguousarray(array), out)
         self.tick()
         return out
+
+    def gather(self, value: T) -> list[T]:
+        every = self.comm.gather(value, root=0)
+        self.tick()
+        return every or []
 
     def first(self, count: int) -> Communicator:
         if count >= self.size:

@@ -86,7 +86,9 @@ class Trainer:
                 self.train_epoch()
                 self.end_epoch(self.validate())
         except KeyboardInterrupt:  # the second Ctrl-C
-            raise Interrupted(f"quit at once. {self.kept(resumable=True)}") from None
+            quit_now = Interrupted(f"quit at once. {self.kept(resumable=True)}")
+            quit_now.shared = False  # maybe this process alone: the others must not wait
+            raise quit_now from None
 
     def train_epoch(self) -> None:
         """The seed's step, for each remaining batch of the epoch: forward and backward on each
