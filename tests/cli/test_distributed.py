@@ -3,6 +3,8 @@ combination of moments, launcher detection and the `dist` config."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -11,9 +13,9 @@ from hypothesis import strategies as st
 import engine
 from cli.config import Config, DistConfig
 from cli.data import DataLoader
-from cli.errors import ConfigError
+from cli.errors import ConfigError, FinetuneError
 from cli.launcher import launched_rank, launched_size, limit_blas_threads
-from cli.training.distributed import BatchStats, Communicator, check_backend
+from cli.training.distributed import BatchStats, Communicator, Job, check_backend, connect
 from cli.training.reduction import StepReduction
 from cli.training.sharding import ShardedLoader, Sharding, shard_sizes
 from engine import nn
@@ -172,3 +174,16 @@ def test_dist_config_errors(monkeypatch):
     data = {"data": {"micro_batches": 2}, "dist": {"batchnorm": "sync"}}
     with pytest.raises(ConfigError, match="dist.batchnorm: sync needs"):
         Config.from_dict(data)
+
+
+def test_mpi_without_mpi4py_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # as if not installed
+    with pytest.raises(FinetuneError, match=r"pip install 'finetune\[mpi\]'"):
+        connect("mpi")
+
+
+def test_one_process_job_has_no_collectives():
+    job = Job()
+    assert job.describe() == "" and job.comm.gather(3) == [3]
+    with job.synced(size=8, min_size=2):
+        assert job.comm.watchdog(1.0) is None
