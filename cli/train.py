@@ -71,7 +71,7 @@ def train(
     job.sync_batchnorm = config.dist.batchnorm == "sync"
     console = Console(quiet=job.comm.rank > 0)
     forward, *loaders = _inputs(
-        config, trainee, train_set, val_set, state.data_seed, folder, console, job.sharding
+        config, trainee, train_set, val_set, state.data_seed, folder, console, job
     )
     with open_display(config.schedule.epochs, console) as display:
         tracker = Tracker(
@@ -162,22 +162,27 @@ def _inputs(
     seed: int,
     folder: RunFolder,
     console: Console,
-    sharding: Sharding,
+    job: Job,
 ) -> tuple[Forward, ShardedLoader, ShardedLoader]:
     """What the loop calls on each batch, and the training and validation loaders: the model
     on images or, when only the head trains, the head on features cached in the run folder
     (cli.training.features; computed before the progress display opens, with a bar of their own;
-    not in a job of several processes, where each would compute every feature)."""
+    in a job of several processes by rank 0, which sends them to the others)."""
     data = config.data
 
     def loader(dataset: ImageDataset | Features, shuffle: bool) -> ShardedLoader:
-        return ShardedLoader(dataset, data.batch_size, sharding, shuffle, seed, data.num_workers)
+        return ShardedLoader(
+            dataset, data.batch_size, job.sharding, shuffle, seed, data.num_workers
+        )
 
     model = trainee.model
-    if not (data.cache_features and sharding.processes == 1 and head_only(trainee, train_set)):
+    if not (data.cache_features and head_only(trainee, train_set)):
         return model, loader(train_set, True), loader(val_set, False)
-    splits = {"train": train_set, "val": val_set}
-    train_set, val_set = cached_features(config, model, splits, folder.path / FEATURES, console)
+    features = None
+    if job.comm.rank == 0:
+        splits = {"train": train_set, "val": val_set}
+        features = cached_features(config, model, splits, folder.path / FEATURES, console)
+    train_set, val_set = job.comm.broadcast(features)
     return model.fc, loader(train_set, True), loader(val_set, False)
 
 

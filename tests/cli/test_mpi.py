@@ -149,8 +149,7 @@ def test_sync_batchnorm_float64_to_1e_10():
 
 def test_frozen_backbone_matches_one_process(work: Path):
     frozen = {"freeze": ["*"], "unfreeze": ["fc.*"], "bn": "eval"}
-    data = {"cache_features": False}
-    args = {"model": frozen, "data": data, "schedule": {"epochs": 1}}
+    args = {"model": frozen, "schedule": {"epochs": 1}}  # features computed by rank 0, sent
     a = weights(train(2, work, "frozen2", **args) / "last.safetensors")
     b = weights(train(1, work, "frozen1", **args) / "last.safetensors")
     assert_round_off(a, b, per_element=1e-6, overall=1e-6)
