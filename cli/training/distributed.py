@@ -27,7 +27,7 @@ from cli.config import DistConfig
 from cli.errors import ConfigError, FinetuneError
 from cli.launcher import launched_size
 from cli.training.run_folder import RunFolder
-from cli.training.sharding import Sharding
+from cli.training.sharding import Batch, Sharding
 from engine.nn.kernels.norm import synced_batch_stats
 
 T = TypeVar("T")
@@ -54,9 +54,9 @@ class Communicator:
         """Every process's `value` in rank order, on rank 0 (elsewhere: empty; pickled)."""
         return [value]
 
-    def first(self, count: int) -> Communicator:
-        """The first `count` processes, as a communicator of their own; a call every process
-        makes, and only those with rank < count may use the result."""
+    def subset(self, members: tuple[bool, ...]) -> Communicator:
+        """The processes whose entry in `members` is true, as a communicator of their own; a
+        call every process makes, and only the members may use the result."""
         return self
 
     def watchdog(self, timeout: float) -> Watchdog | None:
@@ -66,13 +66,13 @@ class Communicator:
 
 class Mpi(Communicator):
     """The processes of an MPI communicator (mpi4py), with a cache of the sub-communicators
-    that sync BatchNorm uses when only the first processes have images."""
+    that sync BatchNorm uses when only some processes have images."""
 
     def __init__(self, comm: Any) -> None:
         self.comm = comm
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
-        self.subsets: dict[int, Mpi] = {}
+        self.subsets: dict[tuple[bool, ...], Mpi] = {}
         self.clock: Watchdog | None = None
 
     def allreduce(self, buffer: np.ndarray) -> None:
@@ -97,16 +97,16 @@ class Mpi(Communicator):
         self.tick()
         return every or []
 
-    def first(self, count: int) -> Communicator:
-        if count >= self.size:
+    def subset(self, members: tuple[bool, ...]) -> Communicator:
+        if all(members):
             return self
-        if count not in self.subsets:
+        if members not in self.subsets:
             from mpi4py import MPI
 
-            part = self.comm.Split(0 if self.rank < count else MPI.UNDEFINED, self.rank)
-            self.subsets[count] = Mpi(part) if part != MPI.COMM_NULL else self
-            self.subsets[count].clock = self.clock
-        return self.subsets[count]
+            part = self.comm.Split(0 if members[self.rank] else MPI.UNDEFINED, self.rank)
+            self.subsets[members] = Mpi(part) if part != MPI.COMM_NULL else self
+            self.subsets[members].clock = self.clock
+        return self.subsets[members]
 
     def watchdog(self, timeout: float) -> Watchdog:
         self.clock = Watchdog(self.rank, timeout, self.comm)
@@ -262,14 +262,14 @@ class Job:
     sharding: Sharding = field(default_factory=Sharding)
     sync_batchnorm: bool = False
 
-    def synced(self, size: int, min_size: int) -> AbstractContextManager[None]:
-        """The context of a training step's forward on a global batch of `size`: sync
-        BatchNorm over the processes that have images, when asked for."""
+    def synced(self, shards: list[Batch]) -> AbstractContextManager[None]:
+        """The context of a training step's forward on this process's `shards`: sync
+        BatchNorm over the processes that have images in this step, when asked for."""
         if not self.sync_batchnorm or self.comm.size == 1:
             return contextlib.nullcontext()
-        active = self.sharding.active_processes(size, min_size)
-        comm = self.comm.first(active)  # every process splits, even those without images
-        if self.comm.rank >= active:
+        members = self.comm.allgather(np.array([len(shards)], np.int64))[:, 0] > 0
+        comm = self.comm.subset(tuple(members.tolist()))  # a call every process makes
+        if not shards:
             return contextlib.nullcontext()
         return synced_batch_stats(BatchStats(comm))
 

@@ -96,11 +96,11 @@ class Trainer:
         model, optimizer, reduction = self.forward, self.trainee.optimizer, self.reduction
         clip = self.config.schedule.grad_clip
         self.trainee.train_mode()
-        min_size = self.train_loader.min_size = 2 if self.normalises_batches() else 1
+        self.train_loader.min_size = 2 if self.normalises_batches() else 1
         for batch in self.train_loader:
             optimizer.zero_grad()
             reduction.begin()
-            with self.job.synced(batch.size, min_size):
+            with self.job.synced(batch.shards):
                 for images, labels in batch.shards:
                     x, y = engine.from_numpy(images), engine.from_numpy(labels)
                     logits = model(x)

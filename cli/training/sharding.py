@@ -58,11 +58,6 @@ class Sharding:
             indices[bounds[i] : bounds[i + 1]] for i in range(first, first + self.micro_batches)
         ]
 
-    def active_processes(self, size: int, min_size: int = 1) -> int:
-        """How many processes (the first ones) have images in a global batch of `size`."""
-        used = sum(n > 0 for n in shard_sizes(size, self.shards, min_size))
-        return -(-used // self.micro_batches)
-
 
 @dataclass
 class Step:
