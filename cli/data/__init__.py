@@ -11,16 +11,16 @@ import numpy as np
 
 from cli.config import DataConfig
 from cli.data.cifar10 import cifar10_splits
-from cli.data.dataset import ImageDataset, Splits
+from cli.data.dataset import ImageDataset, Samples, Splits
 from cli.data.digits import digits_splits
-from cli.data.imagefolder import imagefolder_splits
+from cli.data.imagefolder import imagefolder_splits, imagefolder_test
 from cli.data.loader import DataLoader
 from cli.data.npz import npz_splits
 from cli.data.splits import select_classes, stratified_split, subsample
 from cli.data.transforms import make_transform
 from cli.errors import DataError
 
-__all__ = ["DataLoader", "ImageDataset", "build_datasets"]
+__all__ = ["DataLoader", "ImageDataset", "build_datasets", "build_split"]
 
 
 def _read_splits(cfg: DataConfig) -> Splits:
@@ -34,20 +34,48 @@ def _read_splits(cfg: DataConfig) -> Splits:
         raise DataError(f"cannot read {cfg.dataset} data at {cfg.root}: {exc}") from None
 
 
-def build_datasets(cfg: DataConfig, seed: int) -> tuple[ImageDataset, ImageDataset, list[str]]:
-    """(train, val, class names). Splits and the training cap are drawn from `seed`."""
+def _choose(cfg: DataConfig, seed: int) -> tuple[dict[str, Samples | None], list[str]]:
+    """The samples of each split ("train", "val", "test"; None where the data has no test
+    split) after class selection, the validation split and the training cap."""
     train, val, class_names = _read_splits(cfg)
+    test = imagefolder_test(cfg.root) if cfg.dataset == "imagefolder" else None
     if cfg.classes is not None:
-        train = select_classes(train, class_names, cfg.classes)
-        val = None if val is None else select_classes(val, class_names, cfg.classes)
+        train, val, test = (
+            None if samples is None else select_classes(samples, class_names, cfg.classes)
+            for samples in (train, val, test)
+        )
         class_names = list(cfg.classes)
     rng = np.random.default_rng(seed)
     if val is None:
         train, val = stratified_split(train, cfg.val_fraction, rng)
     if cfg.limit is not None:
         train = subsample(train, cfg.limit, rng)
-    return (
-        ImageDataset(train, class_names, make_transform(cfg, train=True), cfg.on_bad_image),
-        ImageDataset(val, class_names, make_transform(cfg, train=False), cfg.on_bad_image),
-        class_names,
-    )
+    return {"train": train, "val": val, "test": test}, class_names
+
+
+def build_datasets(cfg: DataConfig, seed: int) -> tuple[ImageDataset, ImageDataset, list[str]]:
+    """(train, val, class names). Splits and the training cap are drawn from `seed`."""
+    splits, class_names = _choose(cfg, seed)
+    train = _dataset(cfg, splits["train"], class_names, train=True)
+    return train, _dataset(cfg, splits["val"], class_names, train=False), class_names
+
+
+def _dataset(
+    cfg: DataConfig, samples: Samples, class_names: list[str], train: bool
+) -> ImageDataset:
+    return ImageDataset(samples, class_names, make_transform(cfg, train=train), cfg.on_bad_image)
+
+
+def build_split(cfg: DataConfig, seed: int, split: str) -> tuple[ImageDataset, list[str]]:
+    """One split ("train", "val" or "test") with the evaluation transform, and the class names;
+    the same images training saw (or held out) for that seed."""
+    splits, class_names = _choose(cfg, seed)
+    samples = splits[split]
+    if samples is None:
+        fix = (
+            f"add {cfg.root}/test/<class>/... beside {cfg.root}/train/"
+            if cfg.dataset == "imagefolder"
+            else "only an ImageFolder (data.dataset=imagefolder) has one"
+        )
+        raise DataError(f"the {cfg.dataset} data has no {split} split: {fix}; or use val")
+    return _dataset(cfg, samples, class_names, train=False), class_names

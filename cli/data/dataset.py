@@ -147,6 +147,12 @@ class ImageDataset:
         with self._lock:
             return sorted(self._skipped)
 
+    @property
+    def skip_reasons(self) -> dict[str, str]:
+        """Why each unreadable image skipped so far could not be read, by path."""
+        with self._lock:
+            return dict(sorted(self._skipped.items()))
+
     def get(
         self, index: int, rng: np.random.Generator | None = None
     ) -> tuple[np.ndarray, int] | None:

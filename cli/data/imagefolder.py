@@ -2,12 +2,14 @@
 
 `root/train/<class>/...` and `root/val/<class>/...` give both splits;
 otherwise `root/<class>/...` (or `root/train/<class>/...` alone) is one pool
-that is split by data.val_fraction.
+that is split by data.val_fraction. Beside `root/train/`, an optional
+`root/test/<class>/...` is a test split, read only by `finetune evaluate --split test`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,19 @@ def make_dataset(directory: Path, class_to_idx: dict[str, int]) -> list[tuple[Pa
     return instances
 
 
+def list_images(paths: Sequence[Path]) -> list[Path]:
+    """The files given, and the images under the folders given (recursively, in sorted
+    order, by extension), in the order given."""
+    found = []
+    for path in paths:
+        if not path.is_dir():
+            found.append(path)
+            continue
+        for folder, _, files in sorted(os.walk(path, followlinks=True)):
+            found += [Path(folder) / f for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS)]
+    return found
+
+
 def imagefolder_splits(root: Path) -> Splits:
     """Read root's class folders, with their own val split when root has train/ and val/."""
     train_dir, val_dir = root / "train", root / "val"
@@ -57,14 +72,28 @@ def imagefolder_splits(root: Path) -> Splits:
     train = _samples(train_dir, class_to_idx)
     if train_dir == root or not val_dir.is_dir():
         return Splits(train, None, classes)
-    val_classes, _ = find_classes(val_dir)
-    if val_classes != classes:
+    return Splits(train, _other_split(val_dir, train_dir, class_to_idx), classes)
+
+
+def imagefolder_test(root: Path) -> Samples | None:
+    """The samples of `root/test/` (None without `root/train/` and `root/test/`)."""
+    train_dir, test_dir = root / "train", root / "test"
+    if not (train_dir.is_dir() and test_dir.is_dir()):
+        return None
+    _, class_to_idx = find_classes(train_dir)
+    return _other_split(test_dir, train_dir, class_to_idx)
+
+
+def _other_split(directory: Path, train_dir: Path, class_to_idx: dict[str, int]) -> Samples:
+    """The samples of a split folder beside `train_dir`, which must hold the same classes."""
+    classes, _ = find_classes(directory)
+    if classes != sorted(class_to_idx):
         raise DataError(
-            f"{val_dir} must hold the same class folders as {train_dir}; "
-            f"only in train: {sorted(set(classes) - set(val_classes))}, "
-            f"only in val: {sorted(set(val_classes) - set(classes))}"
+            f"{directory} must hold the same class folders as {train_dir}; "
+            f"only in train: {sorted(set(class_to_idx) - set(classes))}, "
+            f"only in {directory.name}: {sorted(set(classes) - set(class_to_idx))}"
         )
-    return Splits(train, _samples(val_dir, class_to_idx), classes)
+    return _samples(directory, class_to_idx)
 
 
 def _samples(directory: Path, class_to_idx: dict[str, int]) -> Samples:

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from cli.config import AugmentConfig, DataConfig
-from cli.data import DataLoader, build_datasets
+from cli.data import DataLoader, build_datasets, build_split
 from cli.data.cifar10 import cifar10_splits
 from cli.data.dataset import ArrayImages, ImageDataset, Samples
 from cli.data.digits import load_digits
@@ -138,6 +138,28 @@ def test_imagefolder_train_and_val_folders(tmp_path):
     make_folder(tmp_path / "val", {"c": ["1.png"]})
     with pytest.raises(DataError, match="only in val: \\['c'\\]"):
         build_datasets(cfg, seed=0)
+
+
+def test_imagefolder_test_folder_is_a_split_of_its_own(tmp_path):
+    make_folder(tmp_path / "train", {"a": ["1.png", "2.png"], "b": ["1.png", "2.png"]})
+    cfg = dataclasses.replace(SMALL, dataset="imagefolder", root=tmp_path, val_fraction=0.5)
+    with pytest.raises(DataError, match="no test split: add .*test/<class>"):
+        build_split(cfg, 0, "test")
+    make_folder(tmp_path / "test", {"a": ["1.png"], "b": ["1.png", "2.png", "3.png"]})
+    test, names = build_split(cfg, 0, "test")
+    assert names == ["a", "b"] and test.labels.tolist() == [0, 1, 1, 1]
+    assert test.deterministic and test[0][0].shape == (3, 8, 8)
+    train, val, _ = build_datasets(cfg, seed=0)
+    assert (len(train), len(val)) == (2, 2)  # the test images stay out of training
+    evaluated, _ = build_split(cfg, 0, "train")  # the training images, without augmentation
+    assert evaluated.identity().split()[:2] == train.identity().split()[:2]
+    test, _ = build_split(dataclasses.replace(cfg, classes=("b",)), 0, "test")
+    assert test.labels.tolist() == [0, 0, 0]
+    make_folder(tmp_path / "test", {"c": ["1.png"]})
+    with pytest.raises(DataError, match="only in test: \\['c'\\]"):
+        build_split(cfg, 0, "test")
+    with pytest.raises(DataError, match="only an ImageFolder"):
+        build_split(SMALL, 0, "test")
 
 
 @pytest.fixture
