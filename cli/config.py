@@ -253,12 +253,18 @@ class ScheduleConfig(_Section):
 
 @dataclass(frozen=True)
 class RunConfig(_Section):
-    """Seed and outputs. A null output_dir becomes runs/<config name>-<YYYYmmdd-HHMMSS>."""
+    """Seed and outputs. A null output_dir becomes runs/<config name>-<YYYYmmdd-HHMMSS>.
+
+    `plots` draws the run's pictures at the end of training; `tensorboard` writes event
+    files under RUN/tensorboard/.
+    """
 
     seed: NonNegativeInt = 0
     output_dir: Path | None = None
     log_every: PositiveInt = 10
     checkpoint_every: PositiveInt = 1
+    plots: bool = True
+    tensorboard: bool = False
 
 
 @dataclass(frozen=True)

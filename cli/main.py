@@ -112,6 +112,20 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
+def config_overrides(example: str) -> Any:
+    """The KEY=VALUE arguments that override a config's values."""
+    return typer.Argument(
+        metavar="[KEY=VALUE]...",
+        help=f"Dotted config overrides, e.g. {example}.",
+        show_default=False,
+    )
+
+
+def output_file(flag: str, help: str) -> Any:
+    """An option naming a file to write, such as --json FILE."""
+    return typer.Option(flag, metavar="FILE", dir_okay=False, help=help, show_default=False)
+
+
 @app.callback()
 def main(
     show_version: Annotated[
@@ -318,18 +332,38 @@ def weights_import(
 
 
 @verb(
-    "finetune evaluate runs/quickstart-20260101-120000          # a run's best weights",
+    "finetune evaluate runs/quickstart-20260101-120000          # a run's best weights, val split",
+    "finetune evaluate runs/my-run --split test --json eval.json --csv per-class.csv",
+    "finetune evaluate runs/my-run --data ~/new-photos          # every image of another folder",
+    "finetune evaluate runs/my-run data.batch_size=64 data.num_workers=4",
     "finetune evaluate configs/quickstart.yaml --weights runs/q/last.safetensors",
 )
 def evaluate(
     target: Annotated[
         Path,
         typer.Argument(
-            metavar="CONFIG_OR_RUN",
+            metavar="RUN_OR_CONFIG",
             help="A run folder (uses its config and best.safetensors) or a config.",
             show_default=False,
         ),
     ],
+    overrides: Overrides = None,
+    split: Annotated[
+        Literal["val", "test", "train"],
+        typer.Option("--split", help="Which images: validation, test (ImageFolder test/), train."),
+    ] = "val",
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            metavar="DIR",
+            exists=True,
+            file_okay=False,
+            help="An ImageFolder to evaluate on instead: DIR/<class>/... (every image) or "
+            "DIR/train|val|test/<class>/... (the --split).",
+            show_default=False,
+        ),
+    ] = None,
     weights: Annotated[
         Path | None,
         typer.Option(
@@ -338,16 +372,23 @@ def evaluate(
             help="Weights to evaluate (default: the run's best, or the config's model.weights).",
         ),
     ] = None,
+    json_file: Annotated[
+        Path | None, output_file("--json", "Write every figure to FILE as JSON.")
+    ] = None,
+    csv_file: Annotated[
+        Path | None, output_file("--csv", "Write the per-class table to FILE.")
+    ] = None,
 ) -> None:
-    """Accuracy, loss, per-class precision and recall, and the confusion matrix on the val split."""
+    """Loss, top-1/top-5 accuracy, per-class precision/recall/F1 and the confusion matrix."""
     from cli.evaluate import evaluate as run_evaluation
 
-    run_evaluation(target, weights)
+    run_evaluation(target, split, data, overrides or [], weights, json_file, csv_file)
 
 
 @verb(
     "finetune predict runs/quickstart-20260101-120000 photo.jpg",
-    "finetune predict runs/my-run images/*.png --top-k 3",
+    "finetune predict runs/my-run images/ --top-k 3 --csv predictions.csv",
+    "finetune predict runs/my-run inbox/ --json predictions.json --skip-bad",
 )
 def predict(
     run_dir: Annotated[
@@ -355,18 +396,46 @@ def predict(
     ],
     images: Annotated[
         list[Path],
-        typer.Argument(metavar="IMAGE...", help="Image files to classify.", show_default=False),
+        typer.Argument(
+            metavar="IMAGE_OR_DIR...",
+            help="Image files, and folders searched recursively for images.",
+            show_default=False,
+        ),
     ],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes shown per image.")] = 5,
     weights: Annotated[
         Path | None,
         typer.Option("--weights", metavar="FILE", help="Other weights (default: the run's best)."),
     ] = None,
+    json_file: Annotated[
+        Path | None, output_file("--json", "Write the predictions to FILE as JSON.")
+    ] = None,
+    csv_file: Annotated[
+        Path | None, output_file("--csv", "Write one row per image to FILE.")
+    ] = None,
+    skip_bad: Annotated[
+        bool,
+        typer.Option("--skip-bad", help="Exit 0 even when some images cannot be read."),
+    ] = False,
 ) -> None:
     """Classify images with a trained run's model: the top-k classes and their probabilities."""
     from cli.predict import predict as run_prediction
 
-    run_prediction(run_dir, images, top_k, weights)
+    run_prediction(run_dir, images, top_k, weights, json_file, csv_file, skip_bad)
+
+
+@verb(
+    "finetune report runs/quickstart-20260101-120000   # curves, confusion matrices, mistakes",
+)
+def report(
+    run_dir: Annotated[
+        Path, typer.Argument(metavar="RUN_DIR", help="A training run folder.", show_default=False)
+    ],
+) -> None:
+    """Write a run's results.csv and pictures: curves.png, confusion matrices, mistakes.png."""
+    from cli.report import report as write_report
+
+    write_report(run_dir)
 
 
 @verb(
@@ -537,10 +606,7 @@ def bench(
         bool, typer.Option("--profile", help="Break the engine's steps down by op.")
     ] = False,
     json_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--json", metavar="FILE", dir_okay=False, help="Write all figures to FILE as JSON."
-        ),
+        Path | None, output_file("--json", "Write all figures to FILE as JSON.")
     ] = None,
     loader: Annotated[
         Path | None,

@@ -22,6 +22,8 @@ import engine
 from cli.config import Config, load_config
 from cli.data import ImageDataset, build_datasets
 from cli.errors import ConfigError, DataError
+from cli.reports.results import MetricsLog
+from cli.reports.run_report import RunReport
 from cli.training.build import Trainee, build
 from cli.training.distributed import Bystander, Job, agree, check_backend, connect
 from cli.training.features import Features, cached_features, head_only
@@ -73,11 +75,14 @@ def train(
     forward, *loaders = _inputs(
         config, trainee, train_set, val_set, state.data_seed, folder, console, job
     )
-    with open_display(config.schedule.epochs, console) as display:
+    with (
+        open_display(config.schedule.epochs, console) as display,
+        MetricsLog(folder, config, console, writes=job.comm.rank == 0) as log,
+    ):
         tracker = Tracker(
             state,
             display,
-            record=folder.append_metrics,
+            record=log.record,
             lr=lambda: trainee.optimizer.param_groups[0]["lr"],
             log_every=config.run.log_every,
         )
@@ -92,6 +97,8 @@ def train(
     skipped = job.comm.gather([path for data in (train_set, val_set) for path in data.skipped])
     if job.comm.rank == 0:  # each process read its own shards
         _report_skipped(list(dict.fromkeys(path for part in skipped for path in part)))
+        if config.run.plots:
+            RunReport(folder, config, class_names, val_set).write(console)
 
 
 def _open(

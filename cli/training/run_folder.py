@@ -5,11 +5,14 @@ A run folder holds:
 - `config.yaml`: the resolved config (defaults filled in, overrides applied);
 - `classes.json`: the class names, indexed by label;
 - `metrics.jsonl`: a row per `run.log_every` training steps (with "step") and per epoch;
+- `results.csv`: the epoch rows of metrics.jsonl, one line per epoch;
 - `last.safetensors`, `best.safetensors`: model state dicts with torchvision's key names;
 - `trainer_state.safetensors`: everything a resume needs, in one file written in one
   atomic step: the model's state dict (under "model."), the optimizer's and
   scheduler's state dicts and the loop's position, best metric and RNG state
   (tensors under "optimizer." / "scheduler.", the rest as JSON in the metadata);
+- `curves.png`, `confusion_matrix.png`, `confusion_matrix_normalized.png`, `mistakes.png`
+  and `tensorboard/` (event files, with run.tensorboard): see cli.reports;
 - `features/`: a linear probe's cached backbone features (cli.training.features), keyed by what
   they depend on, so starting over with --overwrite keeps them for reuse.
 
@@ -26,6 +29,7 @@ import dataclasses
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,12 +53,21 @@ LAST = "last.safetensors"
 BEST = "best.safetensors"
 TRAINER_STATE = "trainer_state.safetensors"
 FEATURES = "features"
-RUN_FILES = (CONFIG, CLASSES, METRICS, LAST, BEST, TRAINER_STATE)
+RESULTS = "results.csv"
+CURVES = "curves.png"
+CONFUSION = "confusion_matrix.png"
+CONFUSION_NORMALIZED = "confusion_matrix_normalized.png"
+MISTAKES = "mistakes.png"
+PICTURES = (CURVES, CONFUSION, CONFUSION_NORMALIZED, MISTAKES)
+TENSORBOARD = "tensorboard"
+RUN_FILES = (CONFIG, CLASSES, METRICS, LAST, BEST, TRAINER_STATE, RESULTS, *PICTURES)
 _FORMAT = "finetune.trainer_state.v1"
 RESUMABLE_CHANGES = (
     "schedule.epochs",
     "run.log_every",
     "run.checkpoint_every",
+    "run.plots",
+    "run.tensorboard",
     "data.num_workers",
     "data.micro_batches",
     "dist.backend",
@@ -183,6 +196,7 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.path / TENSORBOARD, ignore_errors=True)
         self.save_config(config)
         write_atomic(self.path / CLASSES, json.dumps(class_names) + "\n")
 

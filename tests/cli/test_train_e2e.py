@@ -42,7 +42,7 @@ TINY = {
     },
     "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
     "schedule": {"epochs": 2, "scheduler": "step", "step_size": 1, "gamma": 0.5},
-    "run": {"seed": 3, "log_every": 1},
+    "run": {"seed": 3, "log_every": 1, "plots": False},  # pictures: tests/cli/test_report_e2e.py
 }
 RUN_FILES = {
     "config.yaml",
@@ -51,6 +51,7 @@ RUN_FILES = {
     "last.safetensors",
     "best.safetensors",
     "trainer_state.safetensors",
+    "results.csv",
 }
 
 
