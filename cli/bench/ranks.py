@@ -159,16 +159,12 @@ def _row(
 
 
 def _show(console: Console, rows: list[dict[str, Any]]) -> None:
-    table = Table(title="train step over MPI processes vs one process (ResNet18)")
-    for name in (
-        "case",
-        "1 process ms",
-        "N processes ms",
-        "reduce ms (share)",
-        "allreduce alone ms",
-        "buffer MB",
-        "efficiency",
-    ):
+    table = Table(
+        title="ResNet18 train step: N MPI processes vs 1 process with every core",
+        caption="reduce: pack, allreduce and unpack, waiting included (share of the step); "
+        "allreduce: alone, after a barrier; eff.: 1 process's step time over N's",
+    )
+    for name in ("case", "1 proc ms", "N procs ms", "reduce ms", "allreduce", "MB", "eff."):
         table.add_column(name, justify="right")
     for row in rows:
         table.add_row(

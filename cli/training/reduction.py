@@ -9,9 +9,11 @@ sums on every process. So gradients are those of the whole batch's mean loss, ru
 statistics the image-weighted mean of the shards' (every process ends the step with the
 same weights and buffers), and the metrics those of the whole batch.
 
-The arithmetic does not depend on how the shards are spread over processes when it is one
-addition per number (2 shards): 2 processes and 1 process with 2 micro-batches give the same
-bits. A step of one shard in all (1 process, 1 micro-batch) is the seed's step, untouched.
+Gradients are packed in their parameters' memory order (a plain copy each way, not a
+transposing one). The arithmetic does not depend on how the shards are spread over processes
+when it is one addition per number (2 shards): 2 processes and 1 process with 2 micro-batches
+give the same bits. A step of one shard in all (1 process, 1 micro-batch) is the seed's step,
+untouched.
 """
 
 from __future__ import annotations
@@ -76,16 +78,18 @@ class StepReduction:
         of `size` sample indices in `.grad` and the averaged running statistics in place."""
         parallel = self.comm.size > 1
         if parallel:
-            for view, param in zip(self.grad_views, self.params, strict=True):
-                view[...] = 0 if param.grad is None else param.grad.numpy().reshape(-1)
+            for view, param, order in zip(self.grad_views, self.params, self.orders, strict=True):
+                view[...] = 0 if param.grad is None else param.grad.numpy().transpose(order).ravel()
         self.scalars[3] = stop
         self.comm.allreduce(self.buffer)
         loss, correct, images, stopped = self.scalars.tolist()
+        if parallel:
+            for view, param, order in zip(self.grad_views, self.params, self.orders, strict=True):
+                if param.grad is None:
+                    param.grad = engine.from_numpy(np.empty_like(param.detach().numpy()))
+                grad = param.grad.numpy().transpose(order)
+                np.copyto(grad, view.reshape(grad.shape))
         with engine.no_grad():
-            if parallel:
-                for view, param in zip(self.grad_views, self.params, strict=True):
-                    summed = engine.from_numpy(view.reshape(param.shape))
-                    param.grad = summed.clone() if param.grad is None else param.grad.copy_(summed)
             if images and images != size:  # unreadable images skipped: rescale to those read
                 for param in self.params:
                     if param.grad is not None:
@@ -105,6 +109,7 @@ class StepReduction:
 
     def _allocate(self, params: list[nn.Parameter], norms: list[nn.Module]) -> None:
         self.params, self.norms = params, norms
+        self.orders = [_memory_order(p.detach().numpy()) for p in params]
         self.stats = [stat for m in norms for stat in (m.running_mean, m.running_var)]
         grads = sum(p.numel() for p in params) if self.comm.size > 1 else 0
         stats = sum(stat.numel() for stat in self.stats)
@@ -113,6 +118,13 @@ class StepReduction:
         self.stats_start = grads
         self.stat_views = _views(self.buffer[grads:], [stat.numel() for stat in self.stats])
         self.scalars = self.buffer[grads + stats :]
+
+
+def _memory_order(array: np.ndarray) -> tuple[int, ...]:
+    """The axes of `array` from the largest stride to the smallest: so transposed, an array in
+    any contiguous layout (a channels-last convolution weight too) is C-contiguous, and packs
+    into the buffer, and back, as one plain copy. Every process lays its parameters out alike."""
+    return tuple(sorted(range(array.ndim), key=lambda axis: -array.strides[axis]))
 
 
 def _views(buffer: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
