@@ -208,6 +208,34 @@ def test_winograd_only_where_it_pays() -> None:
     assert not winograd.fits(square, (0, 0, 0, 0), (8, 8), 1)
     assert not winograd.fits(square, (1, 1, 1, 1), (8, 8), 2)
     assert not winograd.fits(layout.Window((3, 3), (2, 2), (1, 1)), (1, 1, 1, 1), (8, 8), 1)
+    assert winograd.fits(square, (1, 1, 1, 1), (8, 12), 1, np.float32) is winograd.F4
+    assert winograd.fits(square, (1, 1, 1, 1), (8, 12), 1, np.float64) is winograd.F2
+    assert winograd.fits(square, (1, 1, 1, 1), (8, 6), 1, np.float32) is winograd.F2
+    assert winograd.fits(square, (1, 1, 1, 1), (4, 4), 1, np.float32) is winograd.F2
+
+
+@pytest.mark.parametrize("scheme", ["F2", "F4"])
+def test_winograd_schemes_compute_the_correlation(scheme: str, rng: np.random.Generator) -> None:
+    """Each scheme's transforms, in float64, against a direct sum over the 9 kernel offsets."""
+    sch = getattr(winograd, scheme)
+    x = rng.standard_normal((2, 3 * sch.m + 2, 2 * sch.m + 2, 3))
+    w9 = rng.standard_normal((9, 3, 4))
+    out, _ = winograd.conv(sch, x, w9)
+    direct = sum(
+        x[:, i : i + out.shape[1], j : j + out.shape[2]] @ w9[3 * i + j]
+        for i in range(3)
+        for j in range(3)
+    )
+    np.testing.assert_allclose(out, direct, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.torch
+def test_torch_parity_winograd_f4(torch, tiny_blocks: None, rng: np.random.Generator) -> None:
+    """F(4x4, 3x3) in float32, block by block, on 64 channels: within float32 parity."""
+    case = (2, 64, 64, 3, 1, 1, 1, 1, False, (16, 12))
+    tensors = _inputs(case, rng, np.float32, channels_last=True)
+    assert _call(case)(*tensors).grad_fn.winograd is winograd.F4
+    _check_parity(torch, case, channels_last=True, rng=rng)
 
 
 @pytest.mark.torch

@@ -7,8 +7,9 @@ input gradient either as a stride-1 convolution of the padded ``dY`` with the fl
 (small channel counts) or as ``dY @ W`` scattered back with one slice-add per kernel offset.
 Large im2col matrices are built block by block (see ``layout.row_blocks``); up to
 ``KEEP_BYTES`` of them are kept for the weight gradient, larger ones are rebuilt in backward.
-3x3 stride-1 convolutions of even outputs go through Winograd's F(2x2, 3x3) instead
-(``winograd``), forward and both gradients, keeping its transformed input tiles the same way.
+3x3 stride-1 convolutions of even outputs go through Winograd's F(2x2, 3x3) or F(4x4, 3x3)
+instead (``winograd``), forward and both gradients, keeping its transformed input tiles the
+same way.
 """
 
 from __future__ import annotations
@@ -182,13 +183,15 @@ class Convolution(Op):
         )
         need_x, need_w, _ = self.needs_input_grad
         xp = pad_nhwc(nhwc(x), self.pads)
-        self.winograd = winograd.fits(self.win, self.pads, self.out_hw, self.groups)
-        col2im = need_x and not (self.winograd or self._flipped(cout))
-        wmat = None if self.winograd and not col2im else weight_matrix(weight)
+        scheme = winograd.fits(self.win, self.pads, self.out_hw, self.groups, x.dtype)
+        self.winograd = scheme
+        col2im = need_x and not (scheme or self._flipped(cout))
+        wmat = None if scheme and not col2im else weight_matrix(weight)
         keep = self.requires_grad and need_w
-        if self.winograd:
-            keep = keep and 4 * xp.size * xp.itemsize <= KEEP_BYTES  # 16 values per 2x2 block
-            out, kept = winograd.conv(xp, winograd.weights(weight), keep)
+        if scheme:
+            tiles = n * self.out_hw[0] * self.out_hw[1] // scheme.m**2
+            keep = keep and scheme.points * tiles * xp.shape[3] * xp.itemsize <= KEEP_BYTES
+            out, kept = winograd.conv(scheme, xp, winograd.weights(weight), keep)
         else:
             out, kept = gemm_conv(xp, wmat, self.win, self.out_hw, self.groups, keep)
         out = out.reshape(n, *self.out_hw, cout)
@@ -214,7 +217,7 @@ class Convolution(Op):
             gb = np.ones(gy2d.shape[0], gy.dtype) @ gy2d
         if need_w:
             if self.winograd and kept is not None:
-                gw9 = winograd.weight_grad(kept, gy_nhwc)  # rows of Cin: a cheap transpose
+                gw9 = winograd.weight_grad(self.winograd, kept, gy_nhwc)  # rows of Cin: cheap
                 gw = np.ascontiguousarray(gw9.transpose(1, 0, 2)).reshape(cout, -1)
             else:
                 if kept is None:
@@ -224,7 +227,7 @@ class Convolution(Op):
             gw = self._weight_layout(gw)
         if need_x:
             if self.winograd:
-                gx = winograd.input_grad(gy_nhwc, weight._data, self.pads)
+                gx = winograd.input_grad(self.winograd, gy_nhwc, weight._data, self.pads)
             elif wmat is None:
                 gx = input_grad_flipped(
                     gy_nhwc, weight._data, self.in_shape[1:3], self.win, self.pads, self.groups
