@@ -100,6 +100,12 @@ def profile_table(rows: list[Result], plain: bool) -> Table:
         "exclusive times of the fastest run: conv input-grad and weight-grad are not in "
         "'conv backward, other'; other: autograd, loss, fc, additions, copies, timers",
     ]
+    if all("floor_ms" in profile for profile in profiles):
+        rates = ", ".join(f"{profile['sgemm_gflops']:.0f}" for profile in profiles)
+        caption.append(
+            "GEMM floor: the convolutions' matrix products (Winograd's reduced ones) at the "
+            f"SGEMM rate measured in the same run ({rates} GFLOP/s)"
+        )
     if missing:
         caption.append(f"not found in the engine, so not timed: {', '.join(missing)}")
     table = _new_table("Engine time per op, ms per step (share)", "\n".join(caption), plain)
@@ -113,6 +119,9 @@ def profile_table(rows: list[Result], plain: bool) -> Table:
             cells.append(f"{ms:.1f} ({ms / profile['step_ms']:.0%})" if ms else "-")
         table.add_row(category, *cells, end_section=category == "other")
     table.add_row("step", *(f"{profile['step_ms']:.1f}" for profile in profiles))
+    if all("floor_ms" in profile for profile in profiles):
+        table.add_row("GEMM floor", *(f"{profile['floor_ms']:.1f}" for profile in profiles))
+        table.add_row("step / floor", *(f"{profile['floor_ratio']:.2f}" for profile in profiles))
     return table
 
 

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli.bench.cases import LOADER_PIXELS, Case, Settings, parse_sizes, parse_workloads, plan
+from cli.bench.floor import floor
 from cli.bench.report import profile_table, results_table, show, write_json
 from cli.bench.worker import MODEL_WORKLOADS
 from cli.errors import FinetuneError
@@ -144,12 +145,17 @@ def summarise(runs: list[Result], batch: int) -> Result:
 
 
 def breakdown(runs: list[Result]) -> Result:
-    """The profile of the fastest (least disturbed) run, the rest of its mean step as other."""
+    """The profile of the fastest (least disturbed) run, the rest of its mean step as other;
+    its GEMM floor and the step's ratio to it."""
     fastest = min(runs, key=lambda run: statistics.fmean(run["ms"]))
     step = statistics.fmean(fastest["ms"])
     ms = dict(fastest["profile"]["ms"])
     ms["other"] = step - sum(ms.values())
-    return {"step_ms": step, "ms": ms, "missing": fastest["profile"]["missing"]}
+    summary = {"step_ms": step, "ms": ms, "missing": fastest["profile"]["missing"]}
+    if "gemm_gflop" in fastest["profile"]:
+        gemm, gflops = fastest["profile"]["gemm_gflop"], fastest["profile"]["sgemm_gflops"]
+        summary.update(gemm_gflop=gemm, sgemm_gflops=gflops, **floor(gemm, gflops, step))
+    return summary
 
 
 def result(case: Case, runs: dict[str, list[Result]]) -> Result:

@@ -131,6 +131,7 @@ def _measure(args: argparse.Namespace) -> None:
         emit([ms * per_batch for ms in time_steps(step, args.steps)], version, images=images)
         return
     import engine
+    from cli.bench.floor import count_products, sgemm_gflops
     from cli.bench.profile import profile_ops
     from engine.models import resnet18
 
@@ -140,9 +141,11 @@ def _measure(args: argparse.Namespace) -> None:
     if not args.profile:
         emit(time_steps(step, args.steps), version)
         return
-    with profile_ops() as profile:
+    gflops = sgemm_gflops()
+    with profile_ops() as profile, count_products() as products:
         ms = time_steps(step, args.steps)
-    emit(ms, version, profile=profile.per_step(args.steps))
+    figures = {"gemm_gflop": products.flops / args.steps / 1e9, "sgemm_gflops": gflops}
+    emit(ms, version, profile={**profile.per_step(args.steps), **figures})
 
 
 def main(argv: Sequence[str] | None = None) -> None:

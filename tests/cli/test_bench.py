@@ -69,6 +69,11 @@ def test_every_workload_with_the_profile_and_json(tmp_path: Path):
     timed = {c: ms for c, ms in profile["ms"].items() if c != "other" and "unfused" not in c}
     assert all(ms > 0 for ms in timed.values()), timed
     assert rows["eval"]["engine"]["profile"]["ms"]["conv weight-grad"] == 0
+    assert "| GEMM floor " in table and "| step / floor " in table
+    floors = {name: rows[name]["engine"]["profile"] for name in ("train", "frozen", "eval")}
+    assert all(f["sgemm_gflops"] > 0 and f["floor_ms"] > 0 for f in floors.values())
+    assert floors["train"]["gemm_gflop"] > 2 * floors["eval"]["gemm_gflop"] > 0
+    assert floors["frozen"]["gemm_gflop"] == pytest.approx(floors["eval"]["gemm_gflop"])
 
 
 @pytest.mark.torch

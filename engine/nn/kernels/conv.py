@@ -176,7 +176,7 @@ class Convolution(Op):
         cout, _, kh, kw = weight.shape
         pt, pb, pl, pr = self.pads
         self.win = Window((kh, kw), self.stride, self.dilation)
-        self.in_shape = (n, h, w, x.shape[1])
+        self.in_shape, self.cout = (n, h, w, x.shape[1]), cout
         self.out_hw = (
             out_size(h, pt + pb, kh, self.stride[0], self.dilation[0]),
             out_size(w, pl + pr, kw, self.stride[1], self.dilation[1]),
@@ -192,6 +192,7 @@ class Convolution(Op):
             tiles = n * self.out_hw[0] * self.out_hw[1] // scheme.m**2
             keep = keep and scheme.points * tiles * xp.shape[3] * xp.itemsize <= KEEP_BYTES
             out, kept = winograd.conv(scheme, xp, winograd.weights(weight), keep)
+            self.tiles_kept = kept is not None
         else:
             out, kept = gemm_conv(xp, wmat, self.win, self.out_hw, self.groups, keep)
         out = out.reshape(n, *self.out_hw, cout)
@@ -201,6 +202,21 @@ class Convolution(Op):
         self.save_arrays(kept, wmat if col2im else None)
         self.weight_channels_last = weight.transpose(0, 2, 3, 1).flags.c_contiguous
         return nchw(out)
+
+    def product_flops(self) -> tuple[int, int, int]:
+        """Floating-point operations of the matrix products of forward, the input gradient
+        and the weight gradient (Winograd's: the products in the transformed domain; its weight
+        gradient is direct when the tiles were too large to keep); the transforms, copies and
+        additions around them are not counted."""
+        n, h, w, cin = self.in_shape
+        (ho, wo), (kh, kw) = self.out_hw, self.win.kernel
+        direct = 2 * n * ho * wo * self.cout * kh * kw * cin // self.groups
+        if self.winograd:
+            tiles = n * ho * wo // self.winograd.m**2
+            reduced = 2 * self.winograd.points * tiles * cin * self.cout
+            return reduced, reduced, reduced if self.tiles_kept else direct
+        flipped = 2 * n * h * w * cin * kh * kw * self.cout // self.groups
+        return direct, flipped if self._flipped(self.cout) else direct, direct
 
     def _flipped(self, cout: int) -> bool:
         return self.stride == (1, 1) and cout < FLIPPED_MAX_CHANNELS
