@@ -192,7 +192,6 @@ class Convolution(Op):
             tiles = n * self.out_hw[0] * self.out_hw[1] // scheme.m**2
             keep = keep and scheme.points * tiles * xp.shape[3] * xp.itemsize <= KEEP_BYTES
             out, kept = winograd.conv(scheme, xp, winograd.weights(weight), keep)
-            self.tiles_kept = kept is not None
         else:
             out, kept = gemm_conv(xp, wmat, self.win, self.out_hw, self.groups, keep)
         out = out.reshape(n, *self.out_hw, cout)
@@ -205,16 +204,15 @@ class Convolution(Op):
 
     def product_flops(self) -> tuple[int, int, int]:
         """Floating-point operations of the matrix products of forward, the input gradient
-        and the weight gradient (Winograd's: the products in the transformed domain; its weight
-        gradient is direct when the tiles were too large to keep); the transforms, copies and
-        additions around them are not counted."""
+        and the weight gradient (Winograd's: the products in the transformed domain); the
+        transforms, copies and additions around them are not counted."""
         n, h, w, cin = self.in_shape
         (ho, wo), (kh, kw) = self.out_hw, self.win.kernel
         direct = 2 * n * ho * wo * self.cout * kh * kw * cin // self.groups
         if self.winograd:
             tiles = n * ho * wo // self.winograd.m**2
             reduced = 2 * self.winograd.points * tiles * cin * self.cout
-            return reduced, reduced, reduced if self.tiles_kept else direct
+            return reduced, reduced, reduced
         flipped = 2 * n * h * w * cin * kh * kw * self.cout // self.groups
         return direct, flipped if self._flipped(self.cout) else direct, direct
 
@@ -232,8 +230,11 @@ class Convolution(Op):
         if need_b:
             gb = np.ones(gy2d.shape[0], gy.dtype) @ gy2d
         if need_w:
-            if self.winograd and kept is not None:
-                gw9 = winograd.weight_grad(self.winograd, kept, gy_nhwc)  # rows of Cin: cheap
+            if self.winograd:
+                if kept is None:
+                    kept = winograd.tiles(self.winograd, pad_nhwc(nhwc(x._data), self.pads))
+                cin = self.in_shape[3]
+                gw9 = winograd.weight_grad(self.winograd, kept, gy_nhwc, cin)  # rows of Cin
                 gw = np.ascontiguousarray(gw9.transpose(1, 0, 2)).reshape(cout, -1)
             else:
                 if kept is None:

@@ -15,7 +15,7 @@ for P points and T tiles. Large inputs are worked through in blocks of tile rows
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -163,11 +163,21 @@ def input_grad(scheme: Scheme, gy: np.ndarray, weight: np.ndarray, pads: tuple) 
     return out
 
 
-def weight_grad(scheme: Scheme, kept: Tiles, gy: np.ndarray) -> np.ndarray:
+def tiles(scheme: Scheme, xp: np.ndarray) -> Iterator[np.ndarray]:
+    """The transformed input tiles of each block of the padded NHWC ``xp``, as ``conv`` keeps
+    them: for a weight gradient whose tiles were too large to keep."""
+    n, hp, wp, c = xp.shape
+    for blk in _blocks(scheme, n, (hp - 2, wp - 2), c, xp.itemsize):
+        yield _input_tiles(scheme, xp, blk)
+
+
+def weight_grad(
+    scheme: Scheme, kept: Iterable[np.ndarray], gy: np.ndarray, channels: int
+) -> np.ndarray:
     """The gradient of the kernels of ``conv``, as ``(9, Cout, Cin)``, from that of its output
-    ``gy`` (NHWC) and the input tiles ``conv`` kept."""
+    ``gy`` (NHWC) and the input tiles of its ``channels`` inputs (kept, or from ``tiles``)."""
     m, gu = scheme.m, None
-    blocks = _blocks(scheme, gy.shape[0], gy.shape[1:3], kept[0].shape[2], gy.itemsize)
+    blocks = _blocks(scheme, gy.shape[0], gy.shape[1:3], channels, gy.itemsize)
     for blk, v in zip(blocks, kept, strict=True):
         part = gy[blk.n0 : blk.n1, m * blk.h0 : m * blk.h1]
         n, h, w, c = part.shape
