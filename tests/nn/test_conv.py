@@ -83,6 +83,7 @@ def use_tiny_blocks(monkeypatch: pytest.MonkeyPatch, keep: bool) -> None:
     monkeypatch.setattr(layout, "BLOCK_BYTES", 200)
     monkeypatch.setattr(layout, "MIN_BLOCK_ROWS", 1)
     monkeypatch.setattr(conv, "KEEP_BYTES", 1 << 30 if keep else 0)
+    monkeypatch.setattr(conv, "WINOGRAD_KEEP_BYTES", 1 << 30 if keep else 0)
 
 
 @pytest.fixture(params=["kept", "rebuilt"])

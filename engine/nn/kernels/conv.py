@@ -9,7 +9,7 @@ Large im2col matrices are built block by block (see ``layout.row_blocks``); up t
 ``KEEP_BYTES`` of them are kept for the weight gradient, larger ones are rebuilt in backward.
 3x3 stride-1 convolutions of even outputs go through Winograd's F(2x2, 3x3) or F(4x4, 3x3)
 instead (``winograd``), forward and both gradients, keeping its transformed input tiles the
-same way.
+same way (up to ``WINOGRAD_KEEP_BYTES``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from engine.tensor import Tensor
 
 FLIPPED_MAX_CHANNELS = 256  # below this many output channels, stride-1 dX uses the flipped conv
 KEEP_BYTES = 32 << 20  # im2col matrices up to this size are kept for backward, larger are rebuilt
+WINOGRAD_KEEP_BYTES = 16 << 20  # the same for Winograd tiles, which are cheaper to rebuild
 
 
 def weight_matrix(weight: np.ndarray) -> np.ndarray:
@@ -160,9 +161,9 @@ def input_grad_flipped(
 class Convolution(Op):
     """``conv2d`` of an NCHW-shaped input (any memory layout) with an OIHW weight.
 
-    Keeps for backward: the input and weight (version-checked), the im2col matrix (or the
-    Winograd tiles) when at most ``KEEP_BYTES``, and the weight matrix when dX goes through
-    col2im.
+    Keeps for backward: the input and weight (version-checked), the im2col matrix when at most
+    ``KEEP_BYTES`` (the Winograd tiles: ``WINOGRAD_KEEP_BYTES``), and the weight matrix when dX
+    goes through col2im.
     """
 
     differentiable = False
@@ -190,7 +191,7 @@ class Convolution(Op):
         keep = self.requires_grad and need_w
         if scheme:
             tiles = n * self.out_hw[0] * self.out_hw[1] // scheme.m**2
-            keep = keep and scheme.points * tiles * xp.shape[3] * xp.itemsize <= KEEP_BYTES
+            keep = keep and scheme.points * tiles * xp.shape[3] * xp.itemsize <= WINOGRAD_KEEP_BYTES
             out, kept = winograd.conv(scheme, xp, winograd.weights(weight), keep)
         else:
             out, kept = gemm_conv(xp, wmat, self.win, self.out_hw, self.groups, keep)
