@@ -724,8 +724,13 @@ class Tensor:
         else:
             np.copyto(self._data, result._data, casting="unsafe")
             self._vc[0] += 1
+        retains = self.retains_grad
+        if retains:  # retain_grad follows the tensor to its latest version, as in torch
+            del self.grad_fn._retained[self._output_nr]
         self.grad_fn, self._output_nr = result.grad_fn, result._output_nr
         self._requires_grad = result._requires_grad
+        if retains:
+            self.grad_fn.retain_grad(self)
         if result.grad_fn is not None and result.grad_fn._saved_tensors:
             result.grad_fn._saved_tensors = tuple(
                 (self, self._vc[0]) if t is result else (t, v)

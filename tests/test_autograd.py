@@ -108,6 +108,24 @@ def test_hook_on_non_leaf_runs_before_retain_grad_stores() -> None:
     assert h.grad.tolist() == [40.0, 80.0] and x.grad.tolist() == [80.0, 160.0]
 
 
+def _retained_grad_after_inplace(L: Any) -> tuple[list, list]:
+    x = L.tensor([1.0, 2.0], requires_grad=True)
+    y = x * 1
+    y.retain_grad()
+    y.mul_(3)
+    (y * y).sum().backward()
+    return y.grad.tolist(), x.grad.tolist()
+
+
+def test_retain_grad_follows_an_inplace_change_to_the_latest_version() -> None:
+    assert _retained_grad_after_inplace(engine) == ([6.0, 12.0], [18.0, 36.0])
+
+
+@pytest.mark.torch
+def test_retain_grad_after_inplace_parity(torch: Any) -> None:
+    assert _retained_grad_after_inplace(torch) == _retained_grad_after_inplace(engine)
+
+
 FREED_GRAPH = "Trying to backward through the graph a second time"
 
 
