@@ -492,7 +492,7 @@ class Tensor:
         return self * self
 
     def sign(self) -> Tensor:
-        return Tensor._make(np.sign(self._data))
+        return ew.Sign()(self)
 
     def softmax(self, dim: int) -> Tensor:
         return red.Softmax(dim)(self)
@@ -559,10 +559,8 @@ class Tensor:
     def std(self, dim: Any = None, unbiased: bool = True, keepdim: bool = False) -> Tensor:
         return self.var(dim, unbiased, keepdim).sqrt()
 
-    def norm(self, p: float = 2) -> Tensor:
-        if p == 2:
-            return (self * self).sum().sqrt()
-        return (self.abs() ** p).sum() ** (1.0 / p)
+    def norm(self, p: float = 2, dim: Any = None, keepdim: bool = False) -> Tensor:
+        return red.VectorNorm(p, dim, keepdim)(self)
 
     def all(self) -> Tensor:
         return Tensor._make(np.asarray(self._data.all()))

@@ -139,6 +139,12 @@ CASES = [
     case("var-biased-keepdim", lambda L, a: a.var(dim=0, unbiased=False, keepdim=True), (3, 4)),
     case("std-all", lambda L, a: a.std(), (3, 4)),
     case("std-dim-1", lambda L, a: a.std(dim=-1), (2, 3, 5)),
+    case("norm", lambda L, a: a.norm(), (3, 4), gradgrad=True),
+    case("norm-1-dim", lambda L, a: a.norm(1, dim=1), (3, 4), domain="away"),
+    case("norm-3-dim-keepdim", lambda L, a: a.norm(3, dim=0, keepdim=True), (3, 4)),
+    case("norm-0.5", lambda L, a: a.norm(0.5), (3, 4), domain="positive"),
+    case("norm-inf", lambda L, a: a.norm(float("inf"), dim=1), (3, 4)),
+    case("sign", lambda L, a: a.sign(), (3, 4), domain="away"),
     # matrix products
     case("matmul-1d-1d", lambda L, a, b: a @ b, (3,), (3,), gradgrad=True),
     case("matmul-1d-2d", lambda L, a, b: a @ b, (3,), (3, 4)),

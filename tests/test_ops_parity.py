@@ -56,6 +56,13 @@ def test_three_way_ties_share_the_gradient_like_torch(fn: Callable[..., Any]) ->
     _assert_matches_torch(fn, [TIES_THREE.astype(np.float32)])
 
 
+@pytest.mark.parametrize("p", [2, 1, 3, 0.5, float("inf")])
+def test_norm_at_zero_has_torchs_zero_subgradient(p: float) -> None:
+    rows = np.array([[1.0, -2.0, 0.0], [0.0, 0.0, 0.0], [3.0, -3.0, 1.0]], np.float32)
+    _assert_matches_torch(lambda L, a: a.norm(p, dim=1), [rows])
+    _assert_matches_torch(lambda L, a: a.norm(p), [np.zeros(3, np.float32)])
+
+
 GRAD_FN_NAMES = [
     ("AddBackward0", lambda L, a: a + a),
     ("AddBackward0", lambda L, a: a + 1),
@@ -71,6 +78,8 @@ GRAD_FN_NAMES = [
     ("LogBackward0", lambda L, a: a.log()),
     ("SqrtBackward0", lambda L, a: a.sqrt()),
     ("AbsBackward0", lambda L, a: a.abs()),
+    ("SignBackward0", lambda L, a: a.sign()),
+    ("LinalgVectorNormBackward0", lambda L, a: a.norm()),
     ("ClampBackward1", lambda L, a: a.clamp(0.5, 1.5)),
     ("ReluBackward0", lambda L, a: a.relu()),
     ("SigmoidBackward0", lambda L, a: a.sigmoid()),

@@ -246,6 +246,16 @@ class Abs(Op):
         return gy * Tensor._make(np.sign(x._data))
 
 
+class Sign(Op):
+    """-1, 0 or 1; flat almost everywhere, so its gradient is zero (as torch's)."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return np.sign(x)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        return gy * 0.0
+
+
 class Clamp(Op):
     """Clamp to [min, max]; the gradient passes where the input was inside the range."""
 

@@ -100,6 +100,46 @@ class Amin(Amax):
         return -super().reduce(-x)
 
 
+class VectorNorm(_Reduction):
+    """The ``p``-norm over axes (``torch.linalg.vector_norm``). Where the norm is zero the
+    gradient is the zero subgradient, as in torch, not 0/0."""
+
+    backward_name = "LinalgVectorNormBackward0"
+
+    def __init__(self, p: float, dim: Dims, keepdim: bool) -> None:
+        super().__init__(dim, keepdim)
+        self.p = float(p)
+
+    def reduce(self, x: np.ndarray) -> np.ndarray:
+        self.save_inputs(0)
+        self.save_outputs(0)
+        magnitude, p = np.abs(x), self.p
+        if p == np.inf:
+            return magnitude.max(axis=self.axes, keepdims=self.keepdim)
+        if p == 1:
+            return magnitude.sum(axis=self.axes, keepdims=self.keepdim)
+        if p == 2:
+            return np.sqrt((x * x).sum(axis=self.axes, keepdims=self.keepdim))
+        return (magnitude**p).sum(axis=self.axes, keepdims=self.keepdim) ** (1 / p)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        from engine.ops.elementwise import Where
+
+        x, y = self.saved_tensors
+        g = expand_reduced(gy, self.axes, self.keepdim, self.shape)
+        norm = expand_reduced(y, self.axes, self.keepdim, self.shape)
+        if self.p == 1:
+            return g * x.sign()
+        if self.p == np.inf:  # shared equally among the largest magnitudes
+            ties = Tensor._make((np.abs(x._data) == norm._data).astype(x._data.dtype))
+            return g * x.sign() * ties / ties.sum(self.axes, keepdim=True)
+        zero = Tensor._make(np.zeros((), x._data.dtype))
+        if self.p == 2:
+            return g * x / Where(norm._data == 0)(zero + 1, norm)
+        scale = x * x.abs() ** (self.p - 2) / norm ** (self.p - 1)
+        return g * Where(x._data == 0)(zero, scale)
+
+
 class MaxDim(Op):
     """``max(dim)``: values and indices; the gradient goes to the first maximum's index."""
 
