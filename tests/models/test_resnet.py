@@ -48,6 +48,32 @@ def test_resnet18_has_torchvisions_parameter_count():
     assert count(resnet18(num_classes=10)) == 11_181_642
 
 
+def _module_lists(lib, resnet):  # noqa: ANN001, ANN202
+    """ModuleLists over ResNet blocks and layers: runs of identical children collapse."""
+    nn_ = lib.nn
+    r18, r50 = resnet("resnet18"), resnet("resnet50")
+    linear = [nn_.Linear(4, 4) for _ in range(3)]
+    return [
+        nn_.ModuleList(list(r18.layer1)),
+        nn_.ModuleList(list(r50.layer3)),
+        nn_.ModuleList([r18.layer1, r18.layer1, r50.layer4]),
+        nn_.ModuleList([*linear, nn_.ReLU(), nn_.Linear(4, 4), nn_.ReLU(), nn_.ReLU()]),
+        nn_.ModuleList([nn_.ModuleList([nn_.Linear(2, 2)] * 2)] * 3),
+        nn_.Sequential(nn_.ModuleList(linear), *linear),
+        nn_.ModuleList([nn_.Sequential(r18.fc)]),
+        nn_.ModuleList(),
+    ]
+
+
+@pytest.mark.torch
+def test_module_list_repr_collapses_repeated_children_like_torch(torch):
+    theirs = _module_lists(torch, lambda arch: torch_resnet(torch, arch))
+    ours = _module_lists(engine, lambda arch: BUILDERS[arch]())
+    for got, expected in zip(ours, theirs, strict=True):
+        assert repr(got) == re.sub(r", bias=\w+, track", ", track", repr(expected))
+    assert "(1-5): 5 x Bottleneck(" in repr(ours[1])
+
+
 @pytest.mark.torch
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_repr_matches_torch_line_for_line(torch, arch):
