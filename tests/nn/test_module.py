@@ -399,3 +399,51 @@ def test_batchnorm_loads_a_state_dict_without_num_batches_tracked_like_torch():
         expected.unexpected_keys,
     )
     assert ours.num_batches_tracked.item() == 7
+
+
+def _load_with_assign(lib):  # noqa: ANN001, ANN202
+    """Load a Linear (frozen weight) and a BatchNorm with assign=True; report what it took."""
+    linear, bn = lib.nn.Linear(2, 2), lib.nn.BatchNorm2d(2)
+    linear.weight.requires_grad_(False)
+    weight = lib.ones(2, 2, dtype=lib.float64)
+    bias = lib.nn.Parameter(lib.zeros(2))
+    running_mean = lib.arange(2.0)
+    keys = linear.load_state_dict({"weight": weight, "bias": bias}, assign=True)
+    bn.load_state_dict({**bn.state_dict(), "running_mean": running_mean}, assign=True)
+    weight[0, 0] = 5.0  # the module holds this very storage
+    return (
+        repr(keys),
+        type(linear.weight).__name__,
+        str(linear.weight.dtype).split(".")[-1],
+        linear.weight.requires_grad,
+        float(linear.weight[0, 0]),
+        linear.bias is bias and linear.bias.requires_grad,
+        bn.running_mean is running_mean,
+    )
+
+
+def test_load_state_dict_assign_takes_the_tensors_themselves():
+    assert _load_with_assign(engine) == (
+        "<All keys matched successfully>",
+        "Parameter",
+        "float64",
+        False,
+        5.0,
+        True,
+        True,
+    )
+
+
+@pytest.mark.torch
+def test_load_state_dict_assign_parity(torch):
+    assert _load_with_assign(engine) == _load_with_assign(torch)
+
+
+def test_load_state_dict_without_assign_copies_into_the_existing_parameters():
+    linear = nn.Linear(2, 2)
+    weight = linear.weight
+    source = engine.ones(2, 2, dtype=engine.float64)
+    linear.load_state_dict({"weight": source, "bias": engine.zeros(2)})
+    source[0, 0] = 5.0
+    assert linear.weight is weight and linear.weight.dtype is engine.float32
+    assert linear.weight.tolist() == [[1.0, 1.0], [1.0, 1.0]]

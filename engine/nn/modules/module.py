@@ -295,13 +295,15 @@ class Module:
         return destination
 
     def load_state_dict(
-        self, state_dict: Mapping[str, Any], strict: bool = True
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
     ) -> _IncompatibleKeys:
         """Copy values into this module's parameters and buffers in place, as torch does.
 
-        Accepts tensors or NumPy arrays and casts them to each parameter's dtype. Missing and
-        unexpected keys are returned; with ``strict`` they, like shape mismatches always, raise
-        RuntimeError with torch's message.
+        Accepts tensors or NumPy arrays and casts them to each parameter's dtype; with
+        ``assign`` the module takes the given tensors themselves instead (their storage and
+        dtype; a parameter keeps its ``requires_grad``). Missing and unexpected keys are
+        returned; with ``strict`` they, like shape mismatches always, raise RuntimeError with
+        torch's message.
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}.")
@@ -310,7 +312,7 @@ class Module:
         errors: list[str] = []
         for prefix, module in self.named_modules(remove_duplicate=False):
             module._load_local(
-                state_dict, prefix + "." if prefix else "", missing, unexpected, errors
+                state_dict, prefix + "." if prefix else "", missing, unexpected, errors, assign
             )
         if strict:
             if unexpected:
@@ -331,6 +333,7 @@ class Module:
         missing: list[str],
         unexpected: list[str],
         errors: list[str],
+        assign: bool,
     ) -> None:
         """Load this module's own entries; a key under ``prefix`` that names neither one of
         them nor a child module is unexpected (torch's rule, in torch's order)."""
@@ -362,8 +365,23 @@ class Module:
                     f"from checkpoint, the shape in current model is {_torch_size(target.shape)}."
                 )
                 continue
+            if assign:
+                self._assign(name, value)
+                continue
             with no_grad():
                 target.copy_(value)
+
+    def _assign(self, name: str, value: Tensor | np.ndarray) -> None:
+        """Make ``value`` itself this module's parameter or buffer ``name`` (assign=True)."""
+        if not isinstance(value, Tensor):
+            value = Tensor._make(value)
+        if name in self._parameters:
+            requires_grad = self._parameters[name].requires_grad
+            if isinstance(value, Parameter):
+                value.requires_grad_(requires_grad)
+            else:
+                value = Parameter(value, requires_grad=requires_grad)
+        setattr(self, name, value)
 
     # ----------------------------------------------------------------- modes and grads
     def train(self, mode: bool = True) -> Module:
