@@ -758,6 +758,41 @@ def _modify_through_detach(L: Any) -> None:
     y.sum().backward()
 
 
+def _grads_seen_by_a_two_output_function(L: Any, materialize: bool) -> list:
+    """A Function returning (2x, 3x) with only 2x used: what its backward receives."""
+    seen = []
+
+    class TwoOutputs(L.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: Any) -> Any:
+            ctx.set_materialize_grads(materialize)
+            return x * 2, x * 3
+
+        @staticmethod
+        def backward(ctx: Any, g2: Any, g3: Any) -> Any:
+            seen.extend(None if g is None else g.tolist() for g in (g2, g3))
+            return g2 * 2 + (0 if g3 is None else g3 * 3)
+
+    x = L.tensor([1.0, 2.0], requires_grad=True)
+    TwoOutputs.apply(x)[0].sum().backward()
+    return [*seen, x.grad.tolist()]
+
+
+@pytest.mark.parametrize("materialize", [True, False])
+def test_set_materialize_grads(materialize: bool) -> None:
+    unused = [0.0, 0.0] if materialize else None
+    expected = [[1.0, 1.0], unused, [2.0, 2.0]]
+    assert _grads_seen_by_a_two_output_function(engine, materialize) == expected
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("materialize", [True, False])
+def test_set_materialize_grads_parity(torch: Any, materialize: bool) -> None:
+    assert _grads_seen_by_a_two_output_function(torch, materialize) == (
+        _grads_seen_by_a_two_output_function(engine, materialize)
+    )
+
+
 def _double_with_backward(L: Any, backward: Callable[..., Any]) -> Any:
     """A custom Function of library ``L``: x * 2 with the given backward."""
 

@@ -149,6 +149,7 @@ class Op(Node):
     """
 
     differentiable = True
+    materialize_grads = True  # outputs that got no gradient get zeros (else None)
     backward_name: str | None = None
     view_of: int | None = None  # index of the input whose storage the output is a view of
 
@@ -247,7 +248,9 @@ class Op(Node):
         from engine.tensor import Tensor
 
         grads = [
-            g if g is not None else Tensor._make(np.zeros(shape, dtype))
+            g
+            if g is not None or not self.materialize_grads
+            else Tensor._make(np.zeros(shape, dtype))
             for g, (shape, dtype) in zip(grads, self.output_meta, strict=True)
         ]
         if self.differentiable:
@@ -335,6 +338,7 @@ class FunctionCtx(Op):
         self.dirty.update(id(t) for t in tensors)
 
     def set_materialize_grads(self, value: bool) -> None:
+        """With False, backward receives None for outputs that got no gradient, as in torch."""
         self.materialize_grads = value
 
     def backward(self, *grads: Any) -> Any:
