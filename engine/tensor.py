@@ -213,7 +213,7 @@ class Tensor:
 
         suffixes = []
         if self.grad_fn is not None:
-            suffixes.append(f"grad_fn=<{self.grad_fn.name()}>")
+            suffixes.append(f"grad_fn=<{type(self.grad_fn).__name__}>")
         elif self._requires_grad:
             suffixes.append("requires_grad=True")
         return format_tensor(
@@ -371,6 +371,8 @@ class Tensor:
         return ew.Div()(*promote(self, other, floating=True))
 
     def __rtruediv__(self, other: Any) -> Tensor:
+        if isinstance(other, numbers.Number):  # as torch: other * self.reciprocal()
+            return self.reciprocal() * other
         return ew.Div()(*promote(other, self, floating=True))
 
     def __pow__(self, exponent: Any) -> Tensor:
@@ -461,10 +463,10 @@ class Tensor:
         return ew.Sqrt()(self)
 
     def rsqrt(self) -> Tensor:
-        return self.sqrt().reciprocal()
+        return ew.Rsqrt()(self)
 
     def reciprocal(self) -> Tensor:
-        return 1.0 / self
+        return ew.Reciprocal()(self.to(_dtype.result_type(self._data, 1.0)))
 
     def abs(self) -> Tensor:
         return ew.Abs()(self)
@@ -477,7 +479,9 @@ class Tensor:
     clip = clamp
 
     def clamp_min(self, min: float) -> Tensor:  # noqa: A002
-        return self.clamp(min=min)
+        op = ew.Clamp(min, None)
+        op.backward_name = "ClampMinBackward0"
+        return op(self)
 
     def relu(self) -> Tensor:
         return ew.Relu()(self)
@@ -489,7 +493,7 @@ class Tensor:
         return ew.Tanh()(self)
 
     def square(self) -> Tensor:
-        return self * self
+        return self**2
 
     def sign(self) -> Tensor:
         return ew.Sign()(self)
@@ -551,13 +555,10 @@ class Tensor:
         return Tensor._make(self._data.argmin(axis=dim, keepdims=keepdim).astype(np.int64))
 
     def var(self, dim: Any = None, unbiased: bool = True, keepdim: bool = False) -> Tensor:
-        axes = red.normalize_dims(dim, self.ndim)
-        n = int(np.prod([self.shape[a] for a in axes]))
-        centered = self - self.mean(dim, keepdim=True)
-        return (centered * centered).sum(dim, keepdim=keepdim) / float(n - 1 if unbiased else n)
+        return red.Var(dim, unbiased, keepdim)(self)
 
     def std(self, dim: Any = None, unbiased: bool = True, keepdim: bool = False) -> Tensor:
-        return self.var(dim, unbiased, keepdim).sqrt()
+        return red.Std(dim, unbiased, keepdim)(self)
 
     def norm(self, p: float = 2, dim: Any = None, keepdim: bool = False) -> Tensor:
         return red.VectorNorm(p, dim, keepdim)(self)
@@ -645,12 +646,7 @@ class Tensor:
         return self.expand(other.shape)
 
     def repeat(self, *sizes: Any) -> Tensor:
-        sizes = _shape_args(sizes)
-        out = self.reshape((1,) * (len(sizes) - self.ndim) + self.shape)
-        for axis, n in enumerate(sizes):
-            if n != 1:
-                out = cat([out] * n, axis)
-        return out
+        return shp.Repeat(_shape_args(sizes))(self)
 
     def select(self, dim: int, index: int) -> Tensor:
         key = (slice(None),) * (dim % self.ndim) + (index,)
@@ -662,7 +658,12 @@ class Tensor:
 
     def split(self, size: int, dim: int = 0) -> list[Tensor]:
         prefix = (slice(None),) * (dim % self.ndim)
-        return [self[prefix + (slice(i, i + size),)] for i in range(0, self.shape[dim], size)]
+        parts = []
+        for i in range(0, self.shape[dim], size):
+            op = idx.Index(prefix + (slice(i, i + size),))
+            op.backward_name = "SplitBackward0"
+            parts.append(op(self))
+        return parts
 
     # ----------------------------------------------------------------- indexing
     def __getitem__(self, key: Any) -> Tensor:
@@ -672,7 +673,10 @@ class Tensor:
         key = idx.to_numpy_index(key)
         value = self._operand(value)
         if self._records_inplace(value):
-            self._rebase(idx.IndexPut(key)(self, value))
+            op = idx.IndexPut(key)
+            if idx.is_basic(key):  # torch writes into a view of itself: CopySlices
+                op.backward_name = "CopySlices"
+            self._rebase(op(self, value))
         else:
             self._data[key] = value._data
             self._vc[0] += 1
@@ -718,7 +722,9 @@ class Tensor:
         base = self._base
         if base is not None and (base._requires_grad or result._requires_grad):
             # the base changes too: its new grad_fn puts the result into it (torch's CopySlices)
-            base._rebase(idx.IndexPut(_view_positions(self._data, base._data))(base, result))
+            op = idx.IndexPut(_view_positions(self._data, base._data))
+            op.backward_name = "CopySlices"
+            base._rebase(op(base, result))
         else:
             np.copyto(self._data, result._data, casting="unsafe")
             self._vc[0] += 1
@@ -777,13 +783,19 @@ class Tensor:
     __iadd__, __isub__, __imul__, __itruediv__ = add_, sub_, mul_, div_
 
     def addcmul_(self, a: Tensor, b: Tensor, value: float = 1) -> Tensor:
-        return self.add_(a * b * value) if value != 1 else self.add_(a * b)
+        return self._add_named(a * b * value if value != 1 else a * b, "AddcmulBackward0")
 
     def addcdiv_(self, a: Tensor, b: Tensor, value: float = 1) -> Tensor:
-        return self.add_(a / b * value) if value != 1 else self.add_(a / b)
+        return self._add_named(a / b * value if value != 1 else a / b, "AddcdivBackward0")
 
     def lerp_(self, end: Tensor, weight: float) -> Tensor:
-        return self.add_((end - self) * weight)
+        return self._add_named((end - self) * weight, "LerpBackward0")
+
+    def _add_named(self, other: Tensor, backward_name: str) -> Tensor:
+        """``add_`` whose node is named after the fused op torch records."""
+        op = ew.Add()
+        op.backward_name = backward_name
+        return self._inplace(np.add, other, lambda: op(*promote(self, other)))
 
     def copy_(self, src: Any) -> Tensor:
         src = self._operand(src)

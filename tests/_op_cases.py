@@ -78,6 +78,9 @@ CASES = [
     case("div-bcast", lambda L, a, b: a / b, (2, 3, 4), (4,), domain="positive", gradgrad=True),
     case("rdiv-python-scalar", lambda L, a: 3.0 / a, (5,), domain="positive", gradgrad=True),
     case("neg", lambda L, a: -a, (3, 5)),
+    case("reciprocal", lambda L, a: a.reciprocal(), (3, 4), domain="positive", gradgrad=True),
+    case("rsqrt", lambda L, a: a.rsqrt(), (3, 4), domain="positive", gradgrad=True),
+    case("square", lambda L, a: a.square(), (3, 4), gradgrad=True),
     # powers
     *(
         case(f"pow-{c:g}", lambda L, a, c=c: a**c, (3, 4), domain="positive", gradgrad=True)
@@ -95,6 +98,7 @@ CASES = [
     case("clamp-min", lambda L, a: a.clamp(min=-0.5), (4, 5), domain="away"),
     case("clamp-max", lambda L, a: a.clamp(max=0.5), (4, 5), domain="away"),
     case("clamp-both", lambda L, a: a.clamp(-0.5, 0.5), (4, 5), domain="away"),
+    case("clamp_min", lambda L, a: a.clamp_min(0.5), (4, 5), domain="away"),
     case("relu", lambda L, a: a.relu(), (4, 5), domain="away"),
     case("sigmoid", lambda L, a: a.sigmoid(), (3, 4), gradgrad=True),
     case("tanh", lambda L, a: a.tanh(), (3, 4), gradgrad=True),
@@ -180,6 +184,11 @@ CASES = [
     case("where-bcast", lambda L, a, b: L.where(b > 0, a, b), (3, 1), (4,)),
     case("to-float64", lambda L, a: a.to(L.float32).to(L.float64), (3, 4), eps=1e-3),
     case("clone", lambda L, a: a.clone(), (3, 4)),
+    case("repeat", lambda L, a: a.repeat(2, 1, 3), (3, 2), gradgrad=True),
+    case("repeat-same-rank", lambda L, a: a.repeat(1, 2), (3, 2)),
+    case("split", lambda L, a: a.split(2, dim=1)[1], (3, 5)),
+    case("chunk", lambda L, a: a.chunk(2)[0], (5, 2)),
+    case("addmm", lambda L, a, w, b: L.nn.functional.linear(a, w, b), (3, 4), (5, 4), (5,)),
     # indexing
     case("index-int", lambda L, a: a[1], (3, 4), gradgrad=True),
     case("index-slices", lambda L, a: a[1:, ::2], (3, 5), gradgrad=True),

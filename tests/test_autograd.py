@@ -448,6 +448,60 @@ def test_custom_function() -> None:
     assert x.grad.tolist() == [6.0, 30.0, 12.0]
 
 
+def _custom_function_node(L: Any) -> tuple:
+    """The class names of a custom Function's ctx (inside forward) and grad_fn, and the names
+    of a leaf's and of a built-in op's nodes."""
+    seen = []
+
+    class ScaledProduct(L.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, a: Any, b: Any) -> Any:
+            seen.append(type(ctx).__name__)
+            return a * b * 2
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            return grad, grad
+
+    x = L.tensor([1.0, 2.0], requires_grad=True)
+    y = ScaledProduct.apply(x, x)
+    leaf = (x * 2).grad_fn.next_functions[0][0]
+    return (
+        *seen,
+        type(y.grad_fn).__name__,
+        y.grad_fn.name(),
+        type(leaf).__name__,
+        leaf.name(),
+        repr(y).split("grad_fn=")[1],
+    )
+
+
+def test_custom_function_nodes_are_named_as_torchs() -> None:
+    assert _custom_function_node(engine) == (
+        "ScaledProductBackward",
+        "ScaledProductBackward",
+        "ScaledProductBackward",
+        "AccumulateGrad",
+        "torch::autograd::AccumulateGrad",
+        "<ScaledProductBackward>)",
+    )
+
+
+@pytest.mark.torch
+def test_custom_function_node_names_parity(torch: Any) -> None:
+    assert _custom_function_node(engine) == _custom_function_node(torch)
+
+
+@pytest.mark.torch
+def test_copy_slices_prints_as_torch(torch: Any) -> None:
+    def written(L: Any) -> str:
+        h = L.tensor([1.0, 2.0], requires_grad=True) * 1
+        h[0] = 5.0
+        return repr(h)
+
+    assert written(engine) == written(torch) == "tensor([5., 2.], grad_fn=<CopySlices>)"
+
+
 def test_custom_function_forward_records_no_graph() -> None:
     x = _leaf(1.0)
     with engine.no_grad():

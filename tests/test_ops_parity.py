@@ -44,6 +44,17 @@ def test_forward_and_gradients_match_torch(case: OpCase, rng: np.random.Generato
     _assert_matches_torch(case.fn, [a.astype(np.float32) for a in case.arrays(rng)])
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_grad_fn_classes_are_named_as_torchs(case: OpCase, rng: np.random.Generator) -> None:
+    arrays = [a.astype(np.float32) for a in case.arrays(rng)]
+    nodes = [
+        case.fn(lib, *(lib.tensor(a, requires_grad=True) for a in arrays)).grad_fn
+        for lib in (engine, torch)
+    ]
+    assert [type(node).__name__ for node in nodes] == [type(nodes[1]).__name__] * 2
+    assert nodes[0].name() == nodes[1].name()
+
+
 @pytest.mark.parametrize(
     "fn",
     [
@@ -125,7 +136,42 @@ GRAD_FN_NAMES = [
     ("CloneBackward0", lambda L, a: a.clone()),
     ("ToCopyBackward0", lambda L, a: a.double()),
     ("ZeroBackward0", lambda L, a: (a * 1).zero_()),
+    ("VarBackward0", lambda L, a: a.var(1)),
+    ("StdBackward0", lambda L, a: a.std()),
+    ("RepeatBackward0", lambda L, a: a.repeat(2, 1)),
+    ("ReciprocalBackward0", lambda L, a: a.reciprocal()),
+    ("RsqrtBackward0", lambda L, a: a.rsqrt()),
+    ("MulBackward0", lambda L, a: 2 / a),
+    ("PowBackward0", lambda L, a: a.square()),
+    ("ClampMinBackward0", lambda L, a: a.clamp_min(1)),
+    ("SplitBackward0", lambda L, a: a.split(2)[1]),
+    ("SplitBackward0", lambda L, a: a.chunk(2, 1)[0]),
+    ("AddcmulBackward0", lambda L, a: (a * 1).addcmul_(a, a)),
+    ("AddcdivBackward0", lambda L, a: (a * 1).addcdiv_(a, a + 1, value=2)),
+    ("LerpBackward0", lambda L, a: (a * 1).lerp_(a * 2, 0.5)),
+    ("UnsafeViewBackward0", lambda L, a: L.stack([a, a]) @ L.stack([a, a])),
+    ("CloneBackward0", lambda L, a: a @ L.stack([a, a])),
+    ("SqueezeBackward4", lambda L, a: a[0] @ a),
+    ("AddmmBackward0", lambda L, a: L.nn.functional.linear(a, a, a[0])),
+    ("MmBackward0", lambda L, a: L.nn.functional.linear(a, a)),
+    ("CopySlices", lambda L, a: _setitem(a * 1, 0)),
+    ("CopySlices", lambda L, a: _setitem(a * 1, (slice(1, None), 1))),
+    ("IndexPutBackward0", lambda L, a: _setitem(a * 1, L.tensor([0, 2]))),
+    ("IndexPutBackward0", lambda L, a: _setitem(a * 1, a > 1)),
+    ("CopySlices", lambda L, a: _mul_row(a * 1)),
+    ("CopySlices", lambda L, a: _setitem(L.zeros(3, 3), 1, a[0])),
+    ("CopyBackwards", lambda L, a: (a * 1).copy_(a.t())),
 ]
+
+
+def _setitem(x: Any, key: Any, value: Any = 2.0) -> Any:
+    x[key] = value
+    return x
+
+
+def _mul_row(x: Any) -> Any:
+    x[1].mul_(2)
+    return x
 
 
 @pytest.mark.parametrize(
@@ -133,7 +179,6 @@ GRAD_FN_NAMES = [
 )
 def test_grad_fn_names_follow_torch(name: str, fn: Callable[..., Any]) -> None:
     values = np.arange(1.0, 10.0, dtype=np.float32).reshape(3, 3) / 4
-    names = [
-        fn(lib, lib.tensor(values, requires_grad=True)).grad_fn.name() for lib in (engine, torch)
-    ]
-    assert names == [name, name]
+    nodes = [fn(lib, lib.tensor(values, requires_grad=True)).grad_fn for lib in (engine, torch)]
+    assert [type(node).__name__ for node in nodes] == [name, name]
+    assert nodes[0].name() == nodes[1].name()

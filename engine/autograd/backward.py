@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.autograd.function import AccumulateGrad, Node, Op, _DelayedError
+from engine.autograd.function import AccumulateGrad, DelayedError, Node, Op
 from engine.autograd.grad_mode import set_grad_enabled
 
 if TYPE_CHECKING:
@@ -163,7 +163,7 @@ def _visit(
         else:
             node.accumulate(buffer.grads[0], buffer.owned[0])
         return
-    if isinstance(node, _DelayedError):
+    if isinstance(node, DelayedError):
         raise RuntimeError(node.message)
     node.run_output_hooks(buffer.grads)
     for nr, grad in enumerate(buffer.grads):

@@ -7,6 +7,7 @@ them) and whatever its backward needs, which ``release`` drops after backward ha
 
 from __future__ import annotations
 
+import functools
 import itertools
 import weakref
 from collections.abc import Callable
@@ -29,6 +30,22 @@ FREED_GRAPH = (
 
 Edge = tuple["Node | None", int]
 _hook_ids = itertools.count()
+# torch's nodes written by hand in C++, whose name() carries the namespace
+_CPP_NODES = frozenset({"AccumulateGrad", "CopySlices", "CopyBackwards", "DelayedError"})
+
+
+def torch_name(class_name: str) -> str:
+    """What torch's ``grad_fn.name()`` says for a node of this class."""
+    return f"torch::autograd::{class_name}" if class_name in _CPP_NODES else class_name
+
+
+@functools.cache
+def node_class(op_class: type, name: str) -> type:
+    """The subclass of ``op_class`` named as torch names the node (``MulBackward0``): a
+    recorded op becomes an instance of it, so ``type(t.grad_fn).__name__`` reads as in torch
+    while forward and backward stay in the op's own class."""
+    namespace = {"backward_name": name, "__module__": op_class.__module__}
+    return type(name, (op_class,), {**namespace, "__qualname__": name, "__doc__": op_class.__doc__})
 
 
 class HookDict(dict):
@@ -69,10 +86,10 @@ class Node:
     _retained: dict[int, weakref.ref] | None = None
 
     def name(self) -> str:
-        return type(self).__name__
+        return torch_name(type(self).__name__)
 
     def __repr__(self) -> str:
-        return f"<{self.name()} object at {hex(id(self))}>"
+        return f"<{type(self).__name__} object at {hex(id(self))}>"
 
     @property
     def next_functions(self) -> tuple[Edge, ...]:
@@ -160,6 +177,10 @@ class Op(Node):
     _saved_arrays: tuple | None = None
 
     def name(self) -> str:
+        return torch_name(self.class_name())
+
+    def class_name(self) -> str:
+        """The class of torch's node for this op: ``backward_name``, else ``<Op>Backward0``."""
         return self.backward_name or f"{type(self).__name__}Backward0"
 
     def forward(self, *arrays: Any) -> Any:
@@ -200,6 +221,9 @@ class Op(Node):
         self.next_edges = tuple(_edge_of(x) for x in inputs)
         self.output_meta = tuple((o.shape, o._data.dtype) for o in outputs)
         self.num_outputs = len(outputs)
+        name = self.class_name()
+        if type(self).__name__ != name:
+            self.__class__ = node_class(type(self), name)
         for nr, out in enumerate(outputs):
             if out._data.dtype.kind == "f":
                 out.grad_fn, out._output_nr, out._requires_grad = self, nr, True
@@ -296,7 +320,7 @@ def _modified_message(tensor: Tensor, version: int) -> str:
     )
 
 
-class _DelayedError(Node):
+class DelayedError(Node):
     """Stands behind gradients of an op that can only be differentiated once."""
 
     def __init__(self, op: Op) -> None:
@@ -309,13 +333,14 @@ class _DelayedError(Node):
 def _once_differentiable(grad: Tensor | None, op: Op) -> Tensor | None:
     if grad is None:
         return None
-    node = _DelayedError(op)
+    node = DelayedError(op)
     grad.grad_fn, grad._output_nr, grad._requires_grad = node, 0, True
     return grad
 
 
 class FunctionCtx(Op):
-    """The ``ctx`` of a user-defined ``Function``: it is also that Function's grad_fn."""
+    """The ``ctx`` of a user-defined ``Function``: it is also that Function's grad_fn, an
+    instance of ``<Function>Backward`` as in torch."""
 
     def __init__(self, fn_cls: type[Function]) -> None:
         self.fn_cls = fn_cls
@@ -323,7 +348,7 @@ class FunctionCtx(Op):
         self.non_differentiable: set[int] = set()
         self.dirty: set[int] = set()
 
-    def name(self) -> str:
+    def class_name(self) -> str:
         return f"{self.fn_cls.__name__}Backward"
 
     def save_for_backward(self, *tensors: Tensor | None) -> None:
@@ -389,7 +414,7 @@ class Function:
     def apply(cls, *args: Any) -> Any:
         from engine.tensor import Tensor
 
-        ctx = FunctionCtx(cls)
+        ctx = node_class(FunctionCtx, f"{cls.__name__}Backward")(cls)
         ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         ctx.input_shapes = tuple(a.shape if isinstance(a, Tensor) else None for a in args)
         ctx.requires_grad = is_grad_enabled() and any(ctx.needs_input_grad)

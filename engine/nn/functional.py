@@ -16,6 +16,7 @@ from engine.nn.kernels.loss import cross_entropy, l1_loss, mse_loss, nll_loss
 from engine.nn.kernels.norm import batch_norm
 from engine.nn.kernels.pad import pad
 from engine.nn.kernels.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
+from engine.ops.linalg import Addmm
 from engine.tensor import Tensor
 
 __all__ = [
@@ -44,6 +45,8 @@ __all__ = [
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``input @ weight.T + bias``; built from tensor ops, so differentiable to any order."""
+    if bias is not None and input.ndim == 2:
+        return Addmm()(bias, input, weight.t())
     out = input @ weight.t()
     return out if bias is None else out + bias
 

@@ -236,6 +236,26 @@ class Sqrt(Op):
         return gy / (y * 2.0)
 
 
+class Reciprocal(Op):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.save_outputs(0)
+        return np.reciprocal(x)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        (y,) = self.saved_tensors
+        return -gy * y * y
+
+
+class Rsqrt(Op):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.save_outputs(0)
+        return np.reciprocal(np.sqrt(x))
+
+    def backward(self, gy: Tensor) -> Tensor:
+        (y,) = self.saved_tensors
+        return gy * y * y * y * -0.5
+
+
 class Abs(Op):
     def forward(self, x: np.ndarray) -> np.ndarray:
         self.save_inputs(0)

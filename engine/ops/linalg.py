@@ -9,9 +9,17 @@ from engine.ops.elementwise import sum_to
 from engine.tensor import Tensor
 
 
-class MatMul(Op):
-    backward_name = "MmBackward0"
+def _matmul_node_name(a_ndim: int, b_ndim: int) -> str:
+    """The last node torch's matmul records for these input ranks (it is a composite op)."""
+    named = {(1, 1): "DotBackward0", (2, 1): "MvBackward0", (1, 2): "SqueezeBackward4"}
+    named[2, 2] = "MmBackward0"
+    if (a_ndim, b_ndim) in named:
+        return named[a_ndim, b_ndim]
+    # a matrix times a batch is computed transposed, then copied; the rest are reshaped
+    return "CloneBackward0" if a_ndim == 2 else "UnsafeViewBackward0"
 
+
+class MatMul(Op):
     def forward(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if a.ndim == 0 or b.ndim == 0:
             raise RuntimeError(
@@ -28,9 +36,7 @@ class MatMul(Op):
         need_a, need_b = self.needs_input_grad
         self.save_inputs(0 if need_b else None, 1 if need_a else None)  # each needs the other
         self.shapes = (a.shape, b.shape)
-        self.backward_name = {(1, 1): "DotBackward0", (2, 1): "MvBackward0"}.get(
-            (a.ndim, b.ndim), "MmBackward0"
-        )
+        self.backward_name = _matmul_node_name(a.ndim, b.ndim)
         return np.matmul(a, b)
 
     def backward(self, gy: Tensor) -> tuple:
@@ -46,3 +52,22 @@ class MatMul(Op):
         if self.needs_input_grad[1]:
             gb = sum_to(a.reshape(a2_shape).transpose(-1, -2) @ g, b2_shape).reshape(b_shape)
         return ga, gb
+
+
+class Addmm(Op):
+    """``bias + a @ b`` for matrices, as ``torch.addmm`` (``linear`` with a bias on 2-d input)."""
+
+    def forward(self, bias: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        _, need_a, need_b = self.needs_input_grad
+        self.save_inputs(None, 1 if need_b else None, 2 if need_a else None)
+        self.bias_shape = bias.shape
+        return np.add(np.matmul(a, b), bias)
+
+    def backward(self, gy: Tensor) -> tuple:
+        _, a, b = self.saved_tensors
+        need_bias, need_a, need_b = self.needs_input_grad
+        return (
+            sum_to(gy, self.bias_shape) if need_bias else None,
+            gy @ b.t() if need_a else None,
+            a.t() @ gy if need_b else None,
+        )

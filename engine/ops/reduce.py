@@ -100,6 +100,39 @@ class Amin(Amax):
         return -super().reduce(-x)
 
 
+class Var(_Reduction):
+    """Variance over axes, divided by n - 1 (``unbiased``) or n."""
+
+    def __init__(self, dim: Dims, unbiased: bool, keepdim: bool) -> None:
+        super().__init__(dim, keepdim)
+        self.ddof = int(unbiased)
+
+    def reduce(self, x: np.ndarray) -> np.ndarray:
+        self.save_inputs(0)
+        self.count = int(np.prod([x.shape[a] for a in self.axes]))
+        return x.var(axis=self.axes, ddof=self.ddof, keepdims=self.keepdim)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        x = self.saved_tensors[0]
+        g = expand_reduced(gy, self.axes, self.keepdim, self.shape)
+        return g * (x - x.mean(self.axes, keepdim=True)) * (2.0 / (self.count - self.ddof))
+
+
+class Std(Var):
+    """Standard deviation; where it is zero the gradient is zero, as in torch."""
+
+    def reduce(self, x: np.ndarray) -> np.ndarray:
+        self.save_outputs(0)
+        return np.sqrt(super().reduce(x))
+
+    def backward(self, gy: Tensor) -> Tensor:
+        from engine.ops.elementwise import Where
+
+        y = self.saved_tensors[1]
+        zero = Tensor._make(np.zeros((), y._data.dtype))
+        return super().backward(Where(y._data == 0)(zero, gy / (y * 2.0)))
+
+
 class VectorNorm(_Reduction):
     """The ``p``-norm over axes (``torch.linalg.vector_norm``). Where the norm is zero the
     gradient is the zero subgradient, as in torch, not 0/0."""

@@ -84,6 +84,29 @@ class Transpose(Op):
         return gy.transpose(self.dim0, self.dim1)
 
 
+class Repeat(Op):
+    """``repeat``: the tensor tiled ``sizes`` times along each dimension (new leading ones too);
+    the gradient sums the tiles."""
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        self.sizes = tuple(sizes)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if len(self.sizes) < x.ndim:
+            raise RuntimeError(
+                "Number of dimensions of repeat dims can not be smaller than number of dimensions "
+                "of tensor"
+            )
+        self.in_shape = x.shape
+        return np.tile(x, self.sizes)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        shape = (1,) * (len(self.sizes) - len(self.in_shape)) + self.in_shape
+        tiles = tuple(n for pair in zip(self.sizes, shape, strict=True) for n in pair)
+        summed = gy.reshape(tiles).sum(tuple(range(0, len(tiles), 2)))
+        return summed.reshape(self.in_shape)
+
+
 class Clone(Op):
     def forward(self, x: np.ndarray) -> np.ndarray:
         return x.copy()
