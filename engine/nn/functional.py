@@ -47,6 +47,9 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``input @ weight.T + bias``; built from tensor ops, so differentiable to any order."""
     if bias is not None and input.ndim == 2:
         return Addmm()(bias, input, weight.t())
+    if bias is not None and input.ndim > 2 and input.is_contiguous():  # as torch: folded rows
+        rows = Addmm()(bias, input.reshape(-1, input.shape[-1]), weight.t())
+        return rows.view(*input.shape[:-1], weight.shape[0])
     out = input @ weight.t()
     return out if bias is None else out + bias
 

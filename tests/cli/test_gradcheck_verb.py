@@ -14,6 +14,7 @@ from typer.testing import CliRunner, Result
 import engine
 from cli import gradcheck
 from cli.main import app
+from engine.testing import CASES, OpCase
 
 
 def words(text: str) -> str:
@@ -58,6 +59,10 @@ def test_every_case_passes_through_the_real_command() -> None:
     assert f"{len(gradcheck.CASES)} cases: all passed" in result.stdout
 
 
+def test_the_command_checks_the_engines_catalogue() -> None:
+    assert gradcheck.CASES is CASES
+
+
 def test_the_catalogue_covers_ops_layers_and_blocks() -> None:
     families = {name.split("[")[0] for name in gradcheck.CASES}
     expected = {
@@ -93,28 +98,23 @@ def test_unknown_op_is_a_usage_error_with_a_suggestion() -> None:
 
 
 def test_a_broken_op_fails_with_its_row(monkeypatch: pytest.MonkeyPatch) -> None:
-    def build() -> tuple:
-        return WrongSquare.apply, (engine.randn(2, 3, dtype=engine.float64, requires_grad=True),)
-
-    monkeypatch.setitem(gradcheck.CASES, "square[wrong backward]", build)
-    result = invoke("--op", "square", "--op", "exp")
+    broken = OpCase("wrong_square[backward]", lambda L, x: WrongSquare.apply(x), ((2, 3),))
+    monkeypatch.setitem(gradcheck.CASES, broken.name, broken)
+    result = invoke("--op", "wrong_square", "--op", "exp")
     assert result.exit_code == 1, result.output
     rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if "│" in line}
-    assert "FAIL" in rows["square[wrong backward]"]
+    assert "FAIL" in rows["wrong_square[backward]"]
     assert " ok " in rows["exp"]
     detail = words(result.stdout)
-    assert "FAIL square[wrong backward]: d output 0[" in detail
+    assert "FAIL wrong_square[backward]: d output 0[" in detail
     assert "2 cases: 1 failed" in detail
 
 
 def test_an_op_that_raises_is_reported_as_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
-    def build() -> tuple:
-        def fn(x: engine.Tensor) -> engine.Tensor:
-            raise ValueError("kernel exploded")
+    def fn(lib: object, x: engine.Tensor) -> engine.Tensor:
+        raise ValueError("kernel exploded")
 
-        return fn, (engine.randn(2, dtype=engine.float64, requires_grad=True),)
-
-    monkeypatch.setitem(gradcheck.CASES, "explodes", build)
+    monkeypatch.setitem(gradcheck.CASES, "explodes", OpCase("explodes", fn, ((2,),)))
     result = invoke("--op", "explodes")
     assert result.exit_code == 1
     assert "FAIL explodes: ValueError: kernel exploded" in words(result.stdout)
