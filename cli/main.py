@@ -137,6 +137,9 @@ def main(
 ) -> None:
     """Fine-tune ResNet image classifiers on the CPU, with a NumPy engine that follows torch."""
     limit_blas_threads()  # before any verb imports NumPy
+    from engine import keep_freed_memory
+
+    keep_freed_memory()  # this process trains: large arrays reuse freed memory
 
 
 Overrides = Annotated[

@@ -7,10 +7,6 @@
 
 import builtins
 
-from engine._malloc import keep_freed_memory
-
-keep_freed_memory()
-
 from engine._dtype import (
     bool_,
     double,
@@ -35,6 +31,7 @@ from engine.autograd.grad_mode import enable_grad, is_grad_enabled, no_grad, set
 
 from engine.tensor import Tensor  # isort: skip  (defines the class the ops below build on)
 from engine import autograd  # noqa: E402
+from engine.allocator import keep_freed_memory
 from engine.creation import (
     arange,
     as_tensor,

@@ -135,6 +135,7 @@ def _measure(args: argparse.Namespace) -> None:
     from cli.bench.profile import profile_ops
     from engine.models import resnet18
 
+    engine.keep_freed_memory()  # as the finetune command does at start-up
     model = resnet18(num_classes=NUM_CLASSES)
     step = make_step(engine, model, args.workload, args.batch, args.size)
     time_steps(step, args.warmup)
