@@ -1,8 +1,10 @@
 """Weights I/O: torch checkpoints and safetensors in, safetensors out, and every failure."""
 
 import errno
+import io
 import os
 import pickle
+import pickletools
 import zipfile
 from pathlib import Path
 
@@ -84,14 +86,19 @@ def write_zip(path, pickled, storages=None, byteorder="little"):
 # --- torch checkpoints, read without torch ------------------------------------
 
 
+LAYOUTS = pytest.mark.parametrize("layout", ["", "_legacy"], ids=["zip", "legacy"])
+
+
+@LAYOUTS
 @pytest.mark.parametrize("name", ["tensors", "tiny_model"])
-def test_torch_fixture_loads_exactly(name):
-    loaded = load_torch_checkpoint(FIXTURES / f"{name}.pth")
+def test_torch_fixture_loads_exactly(name, layout):
+    loaded = load_torch_checkpoint(FIXTURES / f"{name}{layout}.pth")
     assert_same_arrays(as_arrays(loaded), expected(name))
 
 
-def test_torch_checkpoint_keeps_key_order():
-    loaded = load_torch_checkpoint(FIXTURES / "tiny_model.pth")
+@LAYOUTS
+def test_torch_checkpoint_keeps_key_order(layout):
+    loaded = load_torch_checkpoint(FIXTURES / f"tiny_model{layout}.pth")
     assert list(loaded) == list(expected("tiny_model"))
 
 
@@ -106,8 +113,9 @@ def test_loaded_tensors_own_contiguous_writable_memory():
         assert array.flags.writeable
 
 
-def test_views_of_one_storage_load_as_separate_copies():
-    loaded = as_arrays(load_torch_checkpoint(FIXTURES / "tensors.pth"))
+@LAYOUTS
+def test_views_of_one_storage_load_as_separate_copies(layout):
+    loaded = as_arrays(load_torch_checkpoint(FIXTURES / f"tensors{layout}.pth"))
     np.testing.assert_array_equal(loaded["shared.head"], np.arange(6.0).reshape(2, 3))
     np.testing.assert_array_equal(loaded["shared.tail"], np.arange(8.0, 20.0).reshape(3, 4))
     loaded["shared.head"][0, 0] = 100.0
@@ -134,8 +142,9 @@ def test_buffers_and_odd_dtypes_keep_torch_dtype_and_shape():
     assert loaded["empty"].shape == (0, 3)
 
 
-def test_nested_checkpoint_keeps_plain_values():
-    checkpoint = load_torch_checkpoint(FIXTURES / "nested.pth")
+@LAYOUTS
+def test_nested_checkpoint_keeps_plain_values(layout):
+    checkpoint = load_torch_checkpoint(FIXTURES / f"nested{layout}.pth")
     assert checkpoint["epoch"] == 3
     assert checkpoint["arch"] == "tiny"
     assert checkpoint["optimizer"] == {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]}
@@ -143,7 +152,13 @@ def test_nested_checkpoint_keeps_plain_values():
     assert_same_arrays(as_arrays(checkpoint["state_dict"]), expected("tiny_model"))
 
 
-@pytest.mark.parametrize("name", ["tiny_model.pth", "tiny_model.safetensors", "nested.pth"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        *("tiny_model.pth", "tiny_model.safetensors", "nested.pth"),
+        *("tiny_model_legacy.pth", "nested_legacy.pth"),
+    ],
+)
 def test_load_state_dict_file_reads_any_format(name):
     loaded = load_state_dict_file(FIXTURES / name)
     assert_same_arrays(as_arrays(loaded), expected("tiny_model"))
@@ -179,10 +194,19 @@ def test_hostile_fixture_really_runs_code_under_plain_pickle(tmp_path, monkeypat
     assert (tmp_path / "pwned_marker.txt").exists()
 
 
-@pytest.mark.parametrize("load", [load_torch_checkpoint, load_state_dict_file])
-def test_hostile_pickle_is_refused_and_not_run(load, tmp_path, monkeypatch):
+def test_hostile_legacy_fixture_really_runs_code_under_plain_pickle(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = FIXTURES / "hostile.pth"
+    with (FIXTURES / "hostile_legacy.pth").open("rb") as f:
+        for _ in range(4):  # magic number, protocol, system info, then the object
+            pickle.load(f)
+    assert (tmp_path / "pwned_marker.txt").exists()
+
+
+@pytest.mark.parametrize("name", ["hostile.pth", "hostile_legacy.pth"])
+@pytest.mark.parametrize("load", [load_torch_checkpoint, load_state_dict_file])
+def test_hostile_pickle_is_refused_and_not_run(load, name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = FIXTURES / name
     with pytest.raises(WeightsError, match="refusing to load") as info:
         load(path)
     assert str(path) in str(info.value)
@@ -302,6 +326,11 @@ def damaged_files():
     """(file name, content) pairs that no loader may accept."""
     pth = (FIXTURES / "tiny_model.pth").read_bytes()
     st = (FIXTURES / "tiny_model.safetensors").read_bytes()
+    legacy = (FIXTURES / "tiny_model_legacy.pth").read_bytes()
+    stream = io.BytesIO(legacy)
+    for _ in range(5):  # the pickles before the storages, walked without running them
+        list(pickletools.genops(stream))
+    data = stream.tell()  # the first storage's element count
     flipped = bytearray(pth)
     flipped[pth.index(b"PK\x03\x04", 10) - 20] ^= 0xFF  # inside the first record's data
     return {
@@ -309,6 +338,10 @@ def damaged_files():
         "empty.pth": b"",
         "legacy.pth": b"\x80\x02\x8a\x0alo\xfc\x9cF\xf9 j\xa8P\x19.",
         "half.pth": pth[: len(pth) // 2],
+        "half_legacy.pth": legacy[: len(legacy) - 10],
+        "legacy_bad_count.pth": legacy[:data]
+        + (1 << 40).to_bytes(8, "little")
+        + legacy[data + 8 :],
         "half.safetensors": st[: len(st) - 10],
         "flipped.pth": bytes(flipped),
     }
@@ -316,7 +349,11 @@ def damaged_files():
 
 @pytest.mark.parametrize("load", LOADERS)
 @pytest.mark.parametrize(
-    "name", ["junk.bin", "empty.pth", "legacy.pth", "half.pth", "half.safetensors", "flipped.pth"]
+    "name",
+    [
+        *("junk.bin", "empty.pth", "legacy.pth", "half.pth", "half.safetensors", "flipped.pth"),
+        *("half_legacy.pth", "legacy_bad_count.pth"),
+    ],
 )
 def test_damaged_file_raises_weights_error_naming_path(tmp_path, load, name):
     path = tmp_path / name
@@ -339,7 +376,7 @@ def test_missing_file_and_directory(tmp_path, load):
 def test_loading_the_wrong_format_says_so():
     with pytest.raises(WeightsError, match="not a safetensors file"):
         load_safetensors(FIXTURES / "tiny_model.pth")
-    with pytest.raises(WeightsError, match="not a torch.save zip checkpoint"):
+    with pytest.raises(WeightsError, match="not a torch.save checkpoint"):
         load_torch_checkpoint(FIXTURES / "tiny_model.safetensors")
 
 

@@ -49,14 +49,15 @@ def save_safetensors(
 
 
 def load_torch_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a ``torch.save`` zip checkpoint without torch; its tensors become Tensors.
+    """Load a ``torch.save`` checkpoint (zip, or the legacy pre-1.6 layout) without torch; its
+    tensors become Tensors.
 
     Only tensors, ordered dicts and plain Python values are rebuilt; any other
     object in the pickle raises WeightsError before it is created.
     """
     path = checked_file(path)
-    if detect_format(path) != "zip":
-        raise WeightsError(f"{path} is not a torch.save zip checkpoint; use load_safetensors")
+    if detect_format(path) not in ("zip", "legacy"):
+        raise WeightsError(f"{path} is not a torch.save checkpoint; use load_safetensors")
     from engine import from_numpy
 
     return read_checkpoint(path, wrap=from_numpy)

@@ -26,7 +26,8 @@ def checked_file(path: str | os.PathLike) -> Path:
 
 
 def detect_format(path: Path) -> str:
-    """Return ``"safetensors"`` or ``"zip"`` from the first bytes of ``path``."""
+    """Return ``"safetensors"``, ``"zip"`` or ``"legacy"`` (a pre-1.6 torch.save) from the first
+    bytes of ``path``."""
     try:
         with path.open("rb") as f:
             head = f.read(9)
@@ -37,10 +38,7 @@ def detect_format(path: Path) -> str:
     if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] > 1:
         return "safetensors"
     if head.startswith(_LEGACY_TORCH_MAGIC):
-        raise WeightsError(
-            f"{path} is a legacy (pre-1.6) torch checkpoint, which is not supported; "
-            "load it in torch and re-save it with torch.save, or convert it to safetensors"
-        )
+        return "legacy"
     raise WeightsError(
         f"{path} is neither a safetensors file nor a torch checkpoint (.pth zip); "
         "pass a file written by safetensors or by torch.save"

@@ -1,10 +1,12 @@
-"""Read ``torch.save`` zip checkpoints without torch, through a restricted unpickler.
+"""Read ``torch.save`` checkpoints without torch, through a restricted unpickler.
 
-A ``.pth`` file is a zip archive holding ``<name>/data.pkl`` (the pickled
-object), ``<name>/data/<key>`` (one raw storage per key) and
-``<name>/byteorder``. The unpickler resolves only the few globals needed to
-rebuild tensors and ordered dicts; any other global raises WeightsError
-before it can be called, so a hostile pickle never executes code.
+Two layouts exist. The zip archive (torch >= 1.6) holds ``<name>/data.pkl`` (the pickled
+object), ``<name>/data/<key>`` (one raw storage per key) and ``<name>/byteorder``. The legacy
+file (``_use_new_zipfile_serialization=False``, and every file before 1.6) is a sequence of
+pickles: a magic number, a protocol version, system info, the object, the list of storage
+keys; then each storage's element count (int64) and raw bytes. Either way the unpickler
+resolves only the few globals needed to rebuild tensors and ordered dicts; any other global
+raises WeightsError before it can be called, so a hostile pickle never executes code.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -36,6 +38,9 @@ _STORAGE_DTYPES = {
     "ByteStorage": np.dtype(np.uint8),
     "BoolStorage": np.dtype(np.bool_),
 }
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 class _StorageType(NamedTuple):
@@ -45,19 +50,16 @@ class _StorageType(NamedTuple):
     dtype: np.dtype
 
 
+# (storage type, key, element count) -> the storage's elements, or None while only scanning
+StorageSource = Callable[[_StorageType, str, int], "np.ndarray | None"]
+
+
 def read_checkpoint(path: Path, wrap: Callable[[np.ndarray], Any] = lambda a: a) -> dict:
-    """Unpickle the zip checkpoint ``path``; each tensor becomes ``wrap(ndarray)``."""
+    """Unpickle the checkpoint ``path`` (zip or legacy); each tensor becomes ``wrap(ndarray)``."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            prefix = _record_prefix(archive, path)
-            byteorder = "little"  # as torch assumes for files without the record
-            if f"{prefix}byteorder" in archive.namelist():
-                byteorder = archive.read(f"{prefix}byteorder").decode("ascii")
-            if byteorder not in ("little", "big"):
-                raise corrupt(path, f"unknown byte order {byteorder!r}")
-            pickled = archive.read(f"{prefix}data.pkl")
-            unpickler = _RestrictedUnpickler(pickled, path, archive, prefix, byteorder, wrap)
-            obj = unpickler.load()
+        with path.open("rb") as f:
+            zipped = f.read(4) == _ZIP_MAGIC
+        obj = _read_zip(path, wrap) if zipped else _read_legacy(path, wrap)
     except WeightsError:
         raise
     except OSError as exc:
@@ -70,6 +72,82 @@ def read_checkpoint(path: Path, wrap: Callable[[np.ndarray], Any] = lambda a: a)
             "save a state dict with torch.save(model.state_dict(), path)"
         )
     return obj
+
+
+def _read_zip(path: Path, wrap: Callable[[np.ndarray], Any]) -> Any:
+    with zipfile.ZipFile(path) as archive:
+        prefix = _record_prefix(archive, path)
+        byteorder = "little"  # as torch assumes for files without the record
+        if f"{prefix}byteorder" in archive.namelist():
+            byteorder = archive.read(f"{prefix}byteorder").decode("ascii")
+        if byteorder not in ("little", "big"):
+            raise corrupt(path, f"unknown byte order {byteorder!r}")
+        order = "<" if byteorder == "little" else ">"
+
+        def storage(storage_type: _StorageType, key: str, numel: int) -> np.ndarray:
+            raw = archive.read(f"{prefix}data/{key}")
+            return _decode(raw, storage_type, numel, order, path, key)
+
+        pickled = io.BytesIO(archive.read(f"{prefix}data.pkl"))
+        return _RestrictedUnpickler(pickled, path, storage, wrap).load()
+
+
+def _read_legacy(path: Path, wrap: Callable[[np.ndarray], Any]) -> Any:
+    """Read the legacy layout: the object's pickle is read twice, first only to learn each
+    storage's type and size (its data follows the pickle), then to build the tensors."""
+    with path.open("rb") as f:
+        if _plain(f, path) != LEGACY_MAGIC:
+            raise WeightsError(
+                f"{path} is neither a safetensors file nor a torch checkpoint; "
+                "pass a file written by safetensors or by torch.save"
+            )
+        if (protocol := _plain(f, path)) != LEGACY_PROTOCOL:
+            raise corrupt(path, f"unsupported legacy protocol {protocol!r}")
+        sys_info = _plain(f, path)
+        order = (
+            "<" if not isinstance(sys_info, dict) or sys_info.get("little_endian", True) else ">"
+        )
+        start = f.tell()
+        found: dict[str, tuple[_StorageType, int]] = {}
+
+        def scan(storage_type: _StorageType, key: str, numel: int) -> None:
+            found[key] = (storage_type, numel)
+
+        _RestrictedUnpickler(f, path, scan, wrap, legacy=True).load()
+        storages = {}
+        for key in _plain(f, path):
+            if key not in found:
+                raise corrupt(path, f"storage {key!r} is not used by any tensor")
+            storage_type, numel = found[key]
+            count = int(np.frombuffer(f.read(8), order + "i8")[0])
+            if count != numel:
+                raise corrupt(path, f"storage {key} holds {count} elements, expected {numel}")
+            raw = f.read(numel * storage_type.dtype.itemsize)
+            storages[key] = _decode(raw, storage_type, numel, order, path, key)
+        f.seek(start)
+        source = lambda storage_type, key, numel: storages[key]  # noqa: E731
+        return _RestrictedUnpickler(f, path, source, wrap, legacy=True).load()
+
+
+def _plain(f: BinaryIO, path: Path) -> Any:
+    """One pickle of plain values (the legacy header and key list): no global is allowed."""
+
+    def no_storage(storage_type: _StorageType, key: str, numel: int) -> None:
+        raise corrupt(path, "unexpected storage in a legacy header")
+
+    return _RestrictedUnpickler(f, path, no_storage, lambda a: a, plain=True).load()
+
+
+def _decode(
+    raw: bytes, storage_type: _StorageType, numel: int, order: str, path: Path, key: str
+) -> np.ndarray:
+    """A storage's elements from its raw bytes in the file's byte ``order``."""
+    dtype = storage_type.dtype
+    if len(raw) < numel * dtype.itemsize:
+        raise corrupt(path, f"storage {key} holds {len(raw)} bytes, needs more")
+    stored = np.frombuffer(raw, dtype=dtype.newbyteorder(order), count=numel)
+    array = stored.astype(dtype, copy=False)
+    return bfloat16_to_float32(array) if storage_type.name == "BFloat16Storage" else array
 
 
 def _record_prefix(archive: zipfile.ZipFile, path: Path) -> str:
@@ -88,22 +166,32 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def __init__(
         self,
-        pickled: bytes,
+        file: BinaryIO,
         path: Path,
-        archive: zipfile.ZipFile,
-        prefix: str,
-        byteorder: str,
+        storage: StorageSource,
         wrap: Callable[[np.ndarray], Any],
+        legacy: bool = False,
+        plain: bool = False,
     ) -> None:
-        super().__init__(io.BytesIO(pickled))
+        super().__init__(file)
         self._path = path
-        self._archive = archive
-        self._prefix = prefix
-        self._order = "<" if byteorder == "little" else ">"
+        self._storage = storage
         self._wrap = wrap
-        self._storages: dict[tuple[str, str], np.ndarray] = {}
+        self._legacy = legacy  # persistent ids carry view metadata
+        self._plain = plain  # no global at all
+        self._storages: dict[tuple[str, str], np.ndarray | None] = {}
 
     def find_class(self, module: str, name: str) -> Any:
+        found = None if self._plain else self._tensor_global(module, name)
+        if found is None:
+            raise WeightsError(
+                f"refusing to load {self._path}: it references `{module}.{name}`, which is not "
+                "a tensor; only state dicts saved with torch.save are accepted"
+            )
+        return found
+
+    def _tensor_global(self, module: str, name: str) -> Any:
+        """What a pickle of tensors may reference by this name, or None."""
         if (module, name) == ("collections", "OrderedDict"):
             return OrderedDict
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
@@ -119,16 +207,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 "supported are float64/32/16, bfloat16, int64/32/16/8, uint8 and bool; "
                 "convert the tensors to float32 in torch and save again"
             )
-        raise WeightsError(
-            f"refusing to load {self._path}: it references `{module}.{name}`, which is not "
-            "a tensor; only state dicts saved with torch.save are accepted"
-        )
+        return None
 
-    def persistent_load(self, pid: Any) -> np.ndarray:
-        """Return the storage that ``pid = ("storage", type, key, location, numel)`` names."""
+    def persistent_load(self, pid: Any) -> np.ndarray | None:
+        """Return the storage that ``pid = ("storage", type, key, location, numel)`` names
+        (legacy files add view metadata: None, or (view key, offset, size) into the storage)."""
         if not (
             isinstance(pid, tuple)
-            and len(pid) == 5
+            and len(pid) == (6 if self._legacy else 5)
             and pid[0] == "storage"
             and isinstance(pid[1], _StorageType)
             and isinstance(pid[2], str)
@@ -138,17 +224,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
         storage_type, key, numel = pid[1], pid[2], pid[4]
         cache_key = (key, storage_type.name)
         if cache_key not in self._storages:
-            self._storages[cache_key] = self._read_storage(storage_type, key, numel)
-        return self._storages[cache_key]
-
-    def _read_storage(self, storage_type: _StorageType, key: str, numel: int) -> np.ndarray:
-        raw = self._archive.read(f"{self._prefix}data/{key}")
-        dtype = storage_type.dtype
-        if len(raw) < numel * dtype.itemsize:
-            raise corrupt(self._path, f"storage {key} holds {len(raw)} bytes, needs more")
-        stored = np.frombuffer(raw, dtype=dtype.newbyteorder(self._order), count=numel)
-        array = stored.astype(dtype, copy=False)
-        return bfloat16_to_float32(array) if storage_type.name == "BFloat16Storage" else array
+            self._storages[cache_key] = self._storage(storage_type, key, numel)
+        storage = self._storages[cache_key]
+        view = pid[5] if self._legacy else None
+        if view is None or storage is None:
+            return storage
+        if not (isinstance(view, tuple) and len(view) == 3 and all(map(_is_count, view[1:]))):
+            raise corrupt(self._path, f"unexpected storage view {view!r}")
+        return storage[view[1] : view[1] + view[2]]
 
     def _rebuild_tensor(
         self,
@@ -160,7 +243,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         backward_hooks: Any,
         metadata: Any = None,
     ) -> Any:
-        """Mirror ``torch._utils._rebuild_tensor_v2``: a strided view, copied contiguous."""
+        """Mirror ``torch._utils._rebuild_tensor_v2``: a strided view, copied contiguous (None
+        while scanning a legacy file, before its storages are read)."""
+        if storage is None:
+            return None
         if not (
             isinstance(storage, np.ndarray)
             and _is_count(storage_offset)
