@@ -547,12 +547,14 @@ class Tensor:
     def argmax(self, dim: int | None = None, keepdim: bool = False) -> Tensor:
         if dim is None:
             return Tensor._make(np.asarray(self._data.argmax(), dtype=np.int64))
-        return Tensor._make(self._data.argmax(axis=dim, keepdims=keepdim).astype(np.int64))
+        axis = red.wrap_dim(dim, self.ndim)
+        return Tensor._make(self._data.argmax(axis=axis, keepdims=keepdim).astype(np.int64))
 
     def argmin(self, dim: int | None = None, keepdim: bool = False) -> Tensor:
         if dim is None:
             return Tensor._make(np.asarray(self._data.argmin(), dtype=np.int64))
-        return Tensor._make(self._data.argmin(axis=dim, keepdims=keepdim).astype(np.int64))
+        axis = red.wrap_dim(dim, self.ndim)
+        return Tensor._make(self._data.argmin(axis=axis, keepdims=keepdim).astype(np.int64))
 
     def var(self, dim: Any = None, unbiased: bool = True, keepdim: bool = False) -> Tensor:
         return red.Var(dim, unbiased, keepdim)(self)
@@ -587,12 +589,19 @@ class Tensor:
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Tensor:
         if self.ndim == 0:
             return self.reshape(1)
-        start, end = start_dim % self.ndim, end_dim % self.ndim
+        start, end = red.wrap_dim(start_dim, self.ndim), red.wrap_dim(end_dim, self.ndim)
+        if start > end:
+            raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
         shape = self.shape[:start] + (-1,) + self.shape[end + 1 :]
         return self.reshape(shape) if start < end else self
 
     def unflatten(self, dim: int, sizes: Sequence[int]) -> Tensor:
-        dim %= self.ndim
+        dim = red.wrap_dim(dim, self.ndim)
+        if -1 not in sizes and int(np.prod(sizes)) != self.shape[dim]:
+            raise RuntimeError(
+                f"unflatten: Provided sizes {list(sizes)} don't multiply up to the size of dim "
+                f"{dim} ({self.shape[dim]}) in the input tensor"
+            )
         return self.reshape(self.shape[:dim] + tuple(sizes) + self.shape[dim + 1 :])
 
     def permute(self, *dims: Any) -> Tensor:
@@ -639,7 +648,21 @@ class Tensor:
     def expand(self, *sizes: Any) -> Tensor:
         sizes = _shape_args(sizes)
         lead = len(sizes) - self.ndim
+        if lead < 0:
+            raise RuntimeError(
+                f"expand(torch.{_dtype.scalar_type_name(self._data.dtype)}Tensor"
+                f"{{{list(self.shape)}}}, size={list(sizes)}): the number of sizes provided "
+                f"({len(sizes)}) must be greater or equal to the number of dimensions in the "
+                f"tensor ({self.ndim})"
+            )
         shape = tuple(self.shape[i - lead] if n == -1 else n for i, n in enumerate(sizes))
+        for i, n in enumerate(self.shape):
+            if n != 1 and n != shape[lead + i]:
+                raise RuntimeError(
+                    f"The expanded size of the tensor ({shape[lead + i]}) must match the existing "
+                    f"size ({n}) at non-singleton dimension {lead + i}.  Target sizes: "
+                    f"{list(sizes)}.  Tensor sizes: {list(self.shape)}"
+                )
         return ew.broadcast_to(self, shape)
 
     def expand_as(self, other: Tensor) -> Tensor:
@@ -649,15 +672,16 @@ class Tensor:
         return shp.Repeat(_shape_args(sizes))(self)
 
     def select(self, dim: int, index: int) -> Tensor:
-        key = (slice(None),) * (dim % self.ndim) + (index,)
+        key = (slice(None),) * red.wrap_dim(dim, self.ndim) + (index,)
         return self[key]
 
     def chunk(self, chunks: int, dim: int = 0) -> list[Tensor]:
-        size = -(-self.shape[dim] // chunks)
+        size = -(-self.shape[red.wrap_dim(dim, self.ndim)] // chunks)
         return self.split(size, dim)
 
     def split(self, size: int, dim: int = 0) -> list[Tensor]:
-        prefix = (slice(None),) * (dim % self.ndim)
+        dim = red.wrap_dim(dim, self.ndim)
+        prefix = (slice(None),) * dim
         parts = []
         for i in range(0, self.shape[dim], size):
             op = idx.Index(prefix + (slice(i, i + size),))
@@ -672,6 +696,10 @@ class Tensor:
     def __setitem__(self, key: Any, value: Any) -> None:
         key = idx.to_numpy_index(key)
         value = self._operand(value)
+        target = idx.indexed(np.broadcast_to(np.zeros((), np.int8), self.shape), key).shape
+        shape = value.shape[next((i for i, n in enumerate(value.shape) if n != 1), value.ndim) :]
+        if shape != target[len(target) - len(shape) :]:
+            value.detach().reshape(shape).expand(target)  # raises torch's error if it must
         if self._records_inplace(value):
             op = idx.IndexPut(key)
             if idx.is_basic(key):  # torch writes into a view of itself: CopySlices

@@ -55,7 +55,7 @@ def broadcast_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
     return x if x.shape == tuple(shape) else BroadcastTo(tuple(shape))(x)
 
 
-def _check_broadcastable(a: tuple[int, ...], b: tuple[int, ...]) -> None:
+def check_broadcastable(a: tuple[int, ...], b: tuple[int, ...]) -> None:
     """Raise torch's error for shapes that do not broadcast (naming the rightmost clash)."""
     for i in range(1, min(len(a), len(b)) + 1):
         if a[-i] != b[-i] and 1 not in (a[-i], b[-i]):
@@ -73,7 +73,7 @@ class _Binary(Op):
         try:
             return self.compute(a, b)
         except ValueError:
-            _check_broadcastable(*self.shapes)
+            check_broadcastable(*self.shapes)
             raise
 
     def compute(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -39,6 +39,22 @@ def _basic_name(key: Any) -> str:
     return "AliasBackward0" if Ellipsis in parts else "SliceBackward0"
 
 
+def torch_index_error(exc: IndexError, ndim: int) -> IndexError:
+    """NumPy's indexing error in torch's words (``dimension``, not ``axis``)."""
+    text = str(exc)
+    if text.startswith("too many indices"):
+        return IndexError(f"too many indices for tensor of dimension {ndim}")
+    return IndexError(text.replace(" for axis ", " for dimension "))
+
+
+def indexed(x: np.ndarray, key: Any) -> np.ndarray:
+    """``x[key]``, raising torch's IndexError for an index out of range."""
+    try:
+        return x[key]
+    except IndexError as exc:
+        raise torch_index_error(exc, x.ndim) from None
+
+
 class Index(Op):
     def __init__(self, key: Any) -> None:
         self.key = key
@@ -51,8 +67,8 @@ class Index(Op):
         self.shape, self.dtype = x.shape, x.dtype
         if self.basic:  # with an Ellipsis NumPy returns a 0-d view, not a scalar copy
             parts = self.key if isinstance(self.key, tuple) else (self.key,)
-            return x[parts if Ellipsis in parts else (*parts, Ellipsis)]
-        return x[self.key]
+            return indexed(x, parts if Ellipsis in parts else (*parts, Ellipsis))
+        return indexed(x, self.key)
 
     def backward(self, gy: Tensor) -> Tensor:
         return IndexAdd(self.key, self.shape, self.basic)(gy)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from engine.autograd.function import Op
-from engine.ops.elementwise import sum_to
+from engine.ops.elementwise import check_broadcastable, sum_to
 from engine.tensor import Tensor
 
 
@@ -19,6 +21,36 @@ def _matmul_node_name(a_ndim: int, b_ndim: int) -> str:
     return "CloneBackward0" if a_ndim == 2 else "UnsafeViewBackward0"
 
 
+def _check_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> None:
+    """Raise torch's error (worded by the kernel torch would run) for shapes matmul refuses."""
+    k, inner = a[-1], b[0 if len(b) == 1 else -2]
+    if len(b) > 2:
+        batch = b[:-2]
+        if len(a) > 2:
+            check_broadcastable(a[:-2], b[:-2])
+            batch = np.broadcast_shapes(a[:-2], b[:-2])
+        if k != inner:
+            n = math.prod(batch)
+            raise RuntimeError(
+                "Expected size for first two dimensions of batch2 tensor to be: "
+                f"[{n}, {k}] but got: [{n}, {inner}]."
+            )
+    elif k != inner:
+        rows = math.prod(a[:-1])
+        if len(a) == len(b) == 1:
+            raise RuntimeError(
+                f"inconsistent tensor size, expected tensor [{k}] and src [{inner}] to have the "
+                f"same number of elements, but got {k} and {inner} elements respectively"
+            )
+        if len(b) == 1:
+            raise RuntimeError(
+                f"size mismatch, got input ({rows}), mat ({rows}x{k}), vec ({inner})"
+            )
+        raise RuntimeError(
+            f"mat1 and mat2 shapes cannot be multiplied ({rows}x{k} and {inner}x{b[-1]})"
+        )
+
+
 class MatMul(Op):
     def forward(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if a.ndim == 0 or b.ndim == 0:
@@ -26,13 +58,7 @@ class MatMul(Op):
                 "both arguments to matmul need to be at least 1D, but they are "
                 f"{a.ndim}D and {b.ndim}D"
             )
-        inner = b.shape[0 if b.ndim == 1 else -2]
-        if a.shape[-1] != inner:
-            rows, cols = a.shape[-2] if a.ndim > 1 else 1, b.shape[-1] if b.ndim > 1 else 1
-            raise RuntimeError(
-                f"mat1 and mat2 shapes cannot be multiplied ({rows}x{a.shape[-1]} and "
-                f"{inner}x{cols})"
-            )
+        _check_shapes(a.shape, b.shape)
         need_a, need_b = self.needs_input_grad
         self.save_inputs(0 if need_b else None, 1 if need_a else None)  # each needs the other
         self.shapes = (a.shape, b.shape)
@@ -58,6 +84,7 @@ class Addmm(Op):
     """``bias + a @ b`` for matrices, as ``torch.addmm`` (``linear`` with a bias on 2-d input)."""
 
     def forward(self, bias: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        _check_shapes(a.shape, b.shape)
         _, need_a, need_b = self.needs_input_grad
         self.save_inputs(None, 1 if need_b else None, 2 if need_a else None)
         self.bias_shape = bias.shape

@@ -31,6 +31,11 @@ def normalize_dims(dim: Dims, ndim: int) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
+def wrap_dim(dim: int, ndim: int) -> int:
+    """``dim`` (negative allowed) as a position among ``ndim`` dims, or torch's IndexError."""
+    return normalize_dims(int(dim), ndim)[0]
+
+
 def expand_reduced(g: Tensor, axes: tuple[int, ...], keepdim: bool, shape: tuple) -> Tensor:
     """Broadcast the gradient of a reduction back over the reduced axes."""
     if not keepdim and axes and g.ndim < len(shape):
@@ -205,6 +210,7 @@ class Softmax(Op):
         self.dim = dim
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        self.dim = wrap_dim(self.dim, x.ndim)
         e = np.exp(x - x.max(axis=self.dim, keepdims=True))
         e /= e.sum(axis=self.dim, keepdims=True)
         self.save_outputs(0)
@@ -220,6 +226,7 @@ class LogSoftmax(Op):
         self.dim = dim
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        self.dim = wrap_dim(self.dim, x.ndim)
         shifted = x - x.max(axis=self.dim, keepdims=True)
         shifted -= np.log(np.exp(shifted).sum(axis=self.dim, keepdims=True))
         self.save_outputs(0)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.autograd.function import Op
+from engine.ops.reduce import wrap_dim
 from engine.tensor import Tensor
 
 
@@ -58,13 +59,16 @@ class Permute(Op):
         self.dims = tuple(dims)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        if sorted(d % max(x.ndim, 1) for d in self.dims) != list(range(x.ndim)):
+        if len(self.dims) == x.ndim:
+            self.dims = tuple(wrap_dim(d, x.ndim) for d in self.dims)
+            if len(set(self.dims)) < x.ndim:
+                raise RuntimeError("permute(): duplicate dims are not allowed.")
+        else:
             raise RuntimeError(
                 f"permute(sparse_coo): number of dimensions in the tensor input does not match the "
                 f"length of the desired ordering of dimensions i.e. input.dim() = {x.ndim} is not "
                 f"equal to len(dims) = {len(self.dims)}"
             )
-        self.dims = tuple(d % x.ndim for d in self.dims)
         return x.transpose(self.dims)
 
     def backward(self, gy: Tensor) -> Tensor:
@@ -78,6 +82,7 @@ class Transpose(Op):
         self.dim0, self.dim1 = dim0, dim1
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        self.dim0, self.dim1 = wrap_dim(self.dim0, x.ndim), wrap_dim(self.dim1, x.ndim)
         return np.swapaxes(x, self.dim0, self.dim1)
 
     def backward(self, gy: Tensor) -> Tensor:
@@ -136,6 +141,20 @@ class Cat(Op):
         self.dim = dim
 
     def forward(self, *xs: np.ndarray) -> np.ndarray:
+        if not xs:
+            raise ValueError("torch.cat(): expected a non-empty list of Tensors")
+        self.dim = wrap_dim(self.dim, xs[0].ndim)
+        for i, x in enumerate(xs[1:], 1):
+            if x.ndim != xs[0].ndim:
+                raise RuntimeError(
+                    f"Tensors must have same number of dimensions: got {xs[0].ndim} and {x.ndim}"
+                )
+            for d, (want, got) in enumerate(zip(xs[0].shape, x.shape, strict=True)):
+                if d != self.dim and want != got:
+                    raise RuntimeError(
+                        f"Sizes of tensors must match except in dimension {self.dim}. Expected "
+                        f"size {want} but got size {got} for tensor number {i} in the list."
+                    )
         self.sizes = [x.shape[self.dim] for x in xs]
         return np.concatenate(xs, axis=self.dim)
 
@@ -154,6 +173,15 @@ class Stack(Op):
         self.dim = dim
 
     def forward(self, *xs: np.ndarray) -> np.ndarray:
+        if not xs:
+            raise RuntimeError("stack expects a non-empty TensorList")
+        self.dim = wrap_dim(self.dim, xs[0].ndim + 1)
+        for i, x in enumerate(xs[1:], 1):
+            if x.shape != xs[0].shape:
+                raise RuntimeError(
+                    f"stack expects each tensor to be equal size, but got {list(xs[0].shape)} at "
+                    f"entry 0 and {list(x.shape)} at entry {i}"
+                )
         return np.stack(xs, axis=self.dim)
 
     def backward(self, gy: Tensor) -> tuple:
