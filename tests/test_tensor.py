@@ -397,3 +397,93 @@ def test_repr(code: str, expected: str) -> None:
 def test_repr_parity(torch: Any, code: str, expected: str) -> None:
     theirs = repr(eval(code.replace("engine.", "torch."), {"torch": torch}))
     assert repr(eval(code)) == theirs.replace("torch.", "engine.")
+
+
+# ------------------------------------------------------------------ the rest of torch's methods
+
+
+def _post_accumulate(L: Any) -> list:
+    w = L.tensor([1.0, 2.0], requires_grad=True)
+    seen = []
+    w.register_post_accumulate_grad_hook(lambda p: seen.append((p is w, p.grad.tolist())))
+    (w * 3).sum().backward()
+    return seen
+
+
+def _inplace_grad(L: Any, name: str) -> tuple:
+    x = L.tensor([1.0, 4.0], requires_grad=True)
+    h = x * 1
+    getattr(h, name)()
+    h.sum().backward()
+    values = [np.round(t.detach().numpy(), 5).tolist() for t in (h, x.grad)]
+    return *values, type(h.grad_fn).__name__
+
+
+def _detach_(L: Any) -> tuple:
+    h = L.tensor([1.0, 2.0], requires_grad=True) * 2
+    out = h.detach_()
+    return out is h, h.requires_grad, h.grad_fn is None, h.is_leaf
+
+
+def _dtype_name(t: Any) -> str:
+    return str(t.dtype).split(".")[-1]
+
+
+M = np.arange(6.0, dtype=np.float32).reshape(2, 3)
+# name -> a function of the library whose result must be the same for engine and torch
+METHODS: dict[str, Callable[[Any], Any]] = {
+    "contiguous": lambda L: [
+        L.tensor(M).t().contiguous().is_contiguous(),
+        L.tensor(M).t().is_contiguous(),
+        L.tensor(M).t().contiguous().tolist(),
+    ],
+    "device": lambda L: str(L.ones(1).device),
+    **{
+        name: lambda L, name=name: getattr(L.tensor(M), name)(2.0).tolist()
+        for name in ("eq", "ne", "lt", "le", "gt", "ge")
+    },
+    "exp_": lambda L: _inplace_grad(L, "exp_"),
+    "neg_": lambda L: _inplace_grad(L, "neg_"),
+    "sqrt_": lambda L: _inplace_grad(L, "sqrt_"),
+    "expand_as": lambda L: L.tensor([[1.0], [2.0]]).expand_as(L.tensor(M)).tolist(),
+    "long": lambda L: [_dtype_name(L.tensor(M).long()), L.tensor([1.7]).long().tolist()],
+    "mT": lambda L: L.tensor(M).reshape(1, 2, 3).mT.tolist(),
+    "new_ones": lambda L: [
+        L.tensor(M).double().new_ones(2).tolist(),
+        _dtype_name(L.tensor(M).double().new_ones(2)),
+    ],
+    "new_zeros": lambda L: [
+        L.tensor([1, 2]).new_zeros((2, 1)).tolist(),
+        _dtype_name(L.tensor([1, 2]).new_zeros(2)),
+    ],
+    "new_tensor": lambda L: _dtype_name(L.tensor(M).double().new_tensor([1, 2])),
+    "register_post_accumulate_grad_hook": _post_accumulate,
+    "reshape_as": lambda L: L.tensor(M).reshape_as(L.ones(3, 2)).tolist(),
+    "view_as": lambda L: L.tensor(M).view_as(L.ones(6)).tolist(),
+    "type_as": lambda L: _dtype_name(L.tensor(M).type_as(L.ones(1, dtype=L.float64))),
+    "allclose": lambda L: [
+        L.tensor(M).allclose(L.tensor(M) + 1e-9),
+        L.tensor(M).allclose(L.tensor(M) + 1),
+    ],
+    "argmin": lambda L: [L.tensor(M).argmin().item(), L.tensor(M).argmin(1, keepdim=True).tolist()],
+    "clip": lambda L: L.tensor(M).clip(1, 4).tolist(),
+    "detach_": _detach_,
+    "is_floating_point": lambda L: [
+        L.ones(1).is_floating_point(),
+        L.tensor([1]).is_floating_point(),
+    ],
+    "mm": lambda L: L.tensor(M).mm(L.tensor(M).t()).tolist(),
+}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", METHODS)
+def test_less_used_methods_match_torch(torch: Any, name: str) -> None:
+    assert METHODS[name](engine) == METHODS[name](torch)
+
+
+def test_less_used_methods_do_what_they_say() -> None:
+    assert METHODS["eq"](engine) == [[False, False, True], [False, False, False]]
+    assert METHODS["exp_"](engine)[2] == "ExpBackward0"
+    assert METHODS["register_post_accumulate_grad_hook"](engine) == [(True, [3.0, 3.0])]
+    assert METHODS["detach_"](engine) == (True, False, True, True)
