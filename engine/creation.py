@@ -44,6 +44,17 @@ def _float_dtype(dtype: Any) -> np.dtype:
     return _dtype.to_numpy_dtype(dtype) or _dtype.get_default_dtype().numpy
 
 
+def _size(size: tuple) -> tuple[int, ...]:
+    """Sizes given as varargs or one sequence, with torch's error for a negative one."""
+    shape = _shape_args(size)
+    for n in shape:
+        if n < 0:
+            raise RuntimeError(
+                f"Trying to create tensor with negative dimension {n}: {list(shape)}"
+            )
+    return shape
+
+
 def _leaf(array: np.ndarray, requires_grad: bool) -> Tensor:
     t = Tensor._make(array)
     if requires_grad:
@@ -86,15 +97,17 @@ def from_numpy(array: np.ndarray) -> Tensor:
 
 
 def zeros(*size: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
+    if any(n < 0 for n in _shape_args(size)):
+        raise RuntimeError("zeros: Dimension size must be non-negative.")
     return _leaf(np.zeros(_shape_args(size), _float_dtype(dtype)), requires_grad)
 
 
 def ones(*size: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
-    return _leaf(np.ones(_shape_args(size), _float_dtype(dtype)), requires_grad)
+    return _leaf(np.ones(_size(size), _float_dtype(dtype)), requires_grad)
 
 
 def empty(*size: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
-    return _leaf(np.empty(_shape_args(size), _float_dtype(dtype)), requires_grad)
+    return _leaf(np.empty(_size(size), _float_dtype(dtype)), requires_grad)
 
 
 def full(
@@ -104,7 +117,7 @@ def full(
         dtype = _dtype.bool_
     elif dtype is None and isinstance(fill_value, int):
         dtype = _dtype.int64
-    return _leaf(np.full(_shape_args((size,)), fill_value, _float_dtype(dtype)), requires_grad)
+    return _leaf(np.full(_size((size,)), fill_value, _float_dtype(dtype)), requires_grad)
 
 
 def eye(n: int, m: int | None = None, dtype: Any = None, requires_grad: bool = False) -> Tensor:
@@ -124,6 +137,10 @@ def arange(
     target = _dtype.to_numpy_dtype(dtype) or (
         np.dtype(np.int64) if integral else _float_dtype(None)
     )
+    if step == 0:
+        raise RuntimeError("step must be nonzero")
+    if (end - start) * step < 0:
+        raise RuntimeError("upper bound and lower bound inconsistent with step sign")
     return _leaf(np.arange(start, end, step).astype(target), requires_grad)
 
 
@@ -134,11 +151,11 @@ def linspace(
 
 
 def rand(*size: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
-    return _leaf(generator().random(_shape_args(size)).astype(_float_dtype(dtype)), requires_grad)
+    return _leaf(generator().random(_size(size)).astype(_float_dtype(dtype)), requires_grad)
 
 
 def randn(*size: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
-    array = generator().standard_normal(_shape_args(size)).astype(_float_dtype(dtype))
+    array = generator().standard_normal(_size(size)).astype(_float_dtype(dtype))
     return _leaf(array, requires_grad)
 
 
@@ -148,7 +165,7 @@ def randint(
     if high is None:
         low, high = 0, low
     target = _dtype.to_numpy_dtype(dtype) or np.dtype(np.int64)
-    return Tensor._make(generator().integers(low, high, tuple(size)).astype(target))
+    return Tensor._make(generator().integers(low, high, _size((size,))).astype(target))
 
 
 def randperm(n: int) -> Tensor:

@@ -57,6 +57,13 @@ CASES: dict[str, tuple[Callable[[Any], Any], type]] = {
     "index-too-many": (lambda L: L.ones(2, 3)[0, 0, 0], IndexError),
     "setitem-shape": (lambda L: _setitem(L, 0, L.ones(4)), RuntimeError),
     "setitem-out-of-range": (lambda L: _setitem(L, 3, 1.0), IndexError),
+    "zeros-negative": (lambda L: L.zeros(2, -3), RuntimeError),
+    "ones-negative": (lambda L: L.ones(2, -3), RuntimeError),
+    "randn-negative": (lambda L: L.randn((-1, 2)), RuntimeError),
+    "full-negative": (lambda L: L.full((2, -1), 1.0), RuntimeError),
+    "randint-negative": (lambda L: L.randint(0, 5, (2, -1)), RuntimeError),
+    "arange-step-zero": (lambda L: L.arange(0, 5, 0), RuntimeError),
+    "arange-step-sign": (lambda L: L.arange(5, 0, 1), RuntimeError),
 }
 
 
