@@ -46,6 +46,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
     from engine.models import resnet18
     from engine.nn import functional as F
 
+    engine.keep_freed_memory()  # as the finetune command does at start-up
     comm = connect()
     sharding = Sharding(comm.rank, comm.size)
     engine.manual_seed(0)
