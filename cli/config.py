@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -94,12 +94,30 @@ class Existing:
         return candidates[0].absolute()
 
 
+@dataclass(frozen=True)
+class Former:
+    """An older form of a field: a mapping of only `section`'s keys (or null) is checked as
+    that section, then turned into the field's value by its `upgrade()`."""
+
+    section: type
+
+    def matches(self, value: Any) -> bool:
+        names = {f.name for f in dataclasses.fields(self.section)}
+        return value is None or isinstance(value, Mapping) and all(key in names for key in value)
+
+    def apply(self, value: Any, ctx: _Context) -> Any:
+        return value  # a value in the current form
+
+
 PositiveInt = Annotated[int, Range(ge=1)]
 NonNegativeInt = Annotated[int, Range(ge=0)]
 PositiveFloat = Annotated[float, Range(gt=0)]
 NonNegativeFloat = Annotated[float, Range(ge=0)]
 Coefficient = Annotated[float, Range(ge=0, lt=1)]
 AreaFraction = Annotated[float, Range(gt=0, le=1)]
+Probability = Annotated[float, Range(ge=0, le=1)]
+MagnitudeBins = Annotated[int, Range(ge=2)]
+Interpolation = Literal["nearest", "bilinear"]
 Patterns = tuple[str, ...]
 
 
@@ -136,9 +154,127 @@ class ModelConfig(_Section):
     new_head: bool = False
 
 
+class Named(_Section):
+    """A section chosen by name from a union of them, as in a list of transforms: written as
+    its name alone (default options) or as a one-key mapping {name: {option: value}}."""
+
+    name: ClassVar[str]
+
+
+def _ordered(section: _Section, *names: str) -> Iterator[tuple[str, str]]:
+    """A problem for each [min, max] pair among `names` whose min exceeds its max."""
+    for name in names:
+        low, high = getattr(section, name)
+        if low > high:
+            yield name, f"expected [min, max], got [{low:g}, {high:g}]"
+
+
+@dataclass(frozen=True)
+class RandomResizedCropOptions(Named):
+    """torchvision's RandomResizedCrop to data.image_size, instead of resize and center crop."""
+
+    name: ClassVar[str] = "random_resized_crop"
+    scale: tuple[AreaFraction, AreaFraction] = (0.08, 1.0)
+    ratio: tuple[PositiveFloat, PositiveFloat] = (3 / 4, 4 / 3)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        return _ordered(self, "scale", "ratio")
+
+
+@dataclass(frozen=True)
+class HorizontalFlipOptions(Named):
+    """torchvision's RandomHorizontalFlip."""
+
+    name: ClassVar[str] = "horizontal_flip"
+    p: Probability = 0.5
+
+
+@dataclass(frozen=True)
+class ColorJitterOptions(Named):
+    """torchvision's ColorJitter: factors drawn from [max(0, 1 - x), 1 + x], hue from [-h, h]."""
+
+    name: ClassVar[str] = "color_jitter"
+    brightness: NonNegativeFloat = 0.0
+    contrast: NonNegativeFloat = 0.0
+    saturation: NonNegativeFloat = 0.0
+    hue: Annotated[float, Range(ge=0, le=0.5)] = 0.0
+
+
+@dataclass(frozen=True)
+class TrivialAugmentOptions(Named):
+    """torchvision's TrivialAugmentWide."""
+
+    name: ClassVar[str] = "trivial_augment"
+    num_magnitude_bins: MagnitudeBins = 31
+    interpolation: Interpolation = "nearest"
+
+
+@dataclass(frozen=True)
+class RandAugmentOptions(Named):
+    """torchvision's RandAugment."""
+
+    name: ClassVar[str] = "rand_augment"
+    num_ops: NonNegativeInt = 2
+    magnitude: NonNegativeInt = 9
+    num_magnitude_bins: MagnitudeBins = 31
+    interpolation: Interpolation = "nearest"
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.magnitude >= self.num_magnitude_bins:
+            bins = self.num_magnitude_bins
+            yield (
+                "magnitude",
+                f"must be less than num_magnitude_bins ({bins}), got {self.magnitude}",
+            )
+
+
+@dataclass(frozen=True)
+class RandomErasingOptions(Named):
+    """torchvision's RandomErasing, on the normalised image (`value` 0 is the mean colour)."""
+
+    name: ClassVar[str] = "random_erasing"
+    p: Probability = 0.5
+    scale: tuple[Probability, Probability] = (0.02, 0.33)
+    ratio: tuple[PositiveFloat, PositiveFloat] = (0.3, 3.3)
+    value: float = 0.0
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        return _ordered(self, "scale", "ratio")
+
+
+@dataclass(frozen=True)
+class MixupOptions(Named):
+    """torchvision's MixUp on each training batch (probability `p`), giving soft targets."""
+
+    name: ClassVar[str] = "mixup"
+    alpha: PositiveFloat = 1.0
+    p: Probability = 1.0
+
+
+@dataclass(frozen=True)
+class CutmixOptions(Named):
+    """torchvision's CutMix on each training batch (probability `p`), giving soft targets."""
+
+    name: ClassVar[str] = "cutmix"
+    alpha: PositiveFloat = 1.0
+    p: Probability = 1.0
+
+
+Augmentation = (
+    RandomResizedCropOptions
+    | HorizontalFlipOptions
+    | ColorJitterOptions
+    | TrivialAugmentOptions
+    | RandAugmentOptions
+    | RandomErasingOptions
+    | MixupOptions
+    | CutmixOptions
+)
+
+
 @dataclass(frozen=True)
 class AugmentConfig(_Section):
-    """Training-time augmentation, with torchvision's RandomResizedCrop and flip semantics."""
+    """The older mapping form of data.augment, still accepted: turned into the list form."""
 
     random_resized_crop: bool = False
     scale: tuple[AreaFraction, AreaFraction] = (0.08, 1.0)
@@ -146,10 +282,13 @@ class AugmentConfig(_Section):
     hflip: bool = False
 
     def problems(self) -> Iterator[tuple[str, str]]:
-        for name in ("scale", "ratio"):
-            low, high = getattr(self, name)
-            if low > high:
-                yield name, f"expected [min, max], got [{low:g}, {high:g}]"
+        return _ordered(self, "scale", "ratio")
+
+    def upgrade(self) -> tuple[Augmentation, ...]:
+        crop = (
+            [RandomResizedCropOptions(self.scale, self.ratio)] if self.random_resized_crop else []
+        )
+        return (*crop, *([HorizontalFlipOptions()] if self.hflip else []))
 
 
 @dataclass(frozen=True)
@@ -172,7 +311,7 @@ class DataConfig(_Section):
     resize: PositiveInt = 256
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.229, 0.224, 0.225)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: Annotated[tuple[Augmentation, ...], Former(AugmentConfig)] = ()
     batch_size: PositiveInt = 32
     num_workers: NonNegativeInt = 2
     on_bad_image: Literal["stop", "skip"] = "stop"
@@ -196,6 +335,10 @@ class DataConfig(_Section):
                 yield "classes", "must list at least one class (or be null for all)"
             elif repeated:
                 yield "classes", f"listed more than once: {', '.join(map(repr, repeated))}"
+        names = [step.name for step in self.augment]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            yield "augment", f"listed more than once: {', '.join(repeated)}"
 
 
 @dataclass(frozen=True)
@@ -379,6 +522,10 @@ def _convert(tp: Any, value: Any, key: str, ctx: _Context) -> Any:
     if dataclasses.is_dataclass(tp):
         return _convert_section(tp, value, key, ctx)
     if origin is Annotated:
+        former = next((r for r in tp.__metadata__ if isinstance(r, Former)), None)
+        if former is not None and former.matches(value):
+            old = _convert(former.section, value, key, ctx)
+            return _MISSING if old is _MISSING else old.upgrade()
         value = _convert(args[0], value, key, ctx)
         for rule in tp.__metadata__:
             value = value if value is _MISSING else rule.apply(value, ctx)
@@ -386,8 +533,10 @@ def _convert(tp: Any, value: Any, key: str, ctx: _Context) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, key, ctx)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:
+            return _convert_named(inner, value, key, ctx)
+        return _convert(inner[0], value, key, ctx)
     if origin is Literal:
         if isinstance(value, str) and value in args:
             return value
@@ -420,6 +569,21 @@ def _convert_section(cls: type, value: Any, key: str, ctx: _Context) -> Any:
     for name, message in section.problems():
         ctx.report(_join(key, name), message)
     return section
+
+
+def _convert_named(choices: list[type[Named]], value: Any, key: str, ctx: _Context) -> Any:
+    """One of the `choices`, by name: `name` or {name: {options}} (see Named)."""
+    if isinstance(value, str):
+        name, options = value, {}
+    elif isinstance(value, Mapping) and len(value) == 1:
+        ((name, options),) = value.items()
+    else:
+        raise _Invalid(f"expected a name or {{name: {{option: value}}}}, got {value!r}")
+    by_name = {choice.name: choice for choice in choices}
+    if name not in by_name:
+        hint = _did_you_mean(str(name), by_name)
+        raise _Invalid(f"unknown {name!r} (known: {', '.join(by_name)}){hint}")
+    return _convert_section(by_name[name], options, _join(key, name), ctx)
 
 
 def _convert_list(args: tuple[Any, ...], value: Any, key: str, ctx: _Context) -> Any:
@@ -482,7 +646,8 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        fields = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {value.name: fields} if isinstance(value, Named) else fields
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     if isinstance(value, Path):

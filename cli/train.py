@@ -21,6 +21,7 @@ from rich.console import Console
 import engine
 from cli.config import Config, load_config
 from cli.data import ImageDataset, build_datasets
+from cli.data.mixing import mixes_batches
 from cli.errors import ConfigError, DataError
 from cli.reports.results import MetricsLog
 from cli.reports.run_report import RunReport
@@ -183,7 +184,8 @@ def _inputs(
         )
 
     model = trainee.model
-    if not (data.cache_features and head_only(trainee, train_set)):
+    mixed = mixes_batches(data.augment)  # the backbone then sees blends, not single images
+    if not (data.cache_features and not mixed and head_only(trainee, train_set)):
         return model, loader(train_set, True), loader(val_set, False)
     features = None
     if job.comm.rank == 0:

@@ -10,6 +10,7 @@ part of a dataset's identity (cache keys).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -17,7 +18,17 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from cli.config import AugmentConfig, DataConfig
+from cli.config import (
+    Augmentation,
+    ColorJitterOptions,
+    DataConfig,
+    HorizontalFlipOptions,
+    RandAugmentOptions,
+    RandomErasingOptions,
+    RandomResizedCropOptions,
+    TrivialAugmentOptions,
+)
+from cli.data.augment import ColorJitter, RandAugment, RandomErasing, TrivialAugmentWide
 
 BILINEAR = Image.Resampling.BILINEAR
 
@@ -95,9 +106,15 @@ class RandomResizedCrop:
         return (height - h) // 2, (width - w) // 2, h, w
 
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
-        top, left, h, w = self.params(*image.size, rng)
-        box = image.crop((left, top, left + w, top + h))
-        return box.resize((self.size, self.size), BILINEAR)
+        return resized_crop(image, *self.params(*image.size, rng), self.size)
+
+
+def resized_crop(
+    image: Image.Image, top: int, left: int, height: int, width: int, size: int
+) -> Image.Image:
+    """The box resized to `size` x `size` (torchvision's `resized_crop`, bilinear)."""
+    box = image.crop((left, top, left + width, top + height))
+    return box.resize((size, size), BILINEAR)
 
 
 @dataclass(frozen=True)
@@ -160,13 +177,29 @@ class Compose:
         return image
 
 
+# data.augment's per-image entries and the transforms they configure, with the same fields
+IMAGE_STEPS: dict[type, type] = {
+    HorizontalFlipOptions: RandomHorizontalFlip,
+    ColorJitterOptions: ColorJitter,
+    TrivialAugmentOptions: TrivialAugmentWide,
+    RandAugmentOptions: RandAugment,
+}
+
+
 def make_transform(cfg: DataConfig, train: bool) -> Compose:
     """torchvision's pipeline: resize the shorter side and center crop (or a random resized
-    crop), an optional flip, then normalise; evaluation never augments."""
-    augment = cfg.augment if train else AugmentConfig()
-    if augment.random_resized_crop:
-        crop = [RandomResizedCrop(cfg.image_size, augment.scale, augment.ratio)]
-    else:
-        crop = [Resize(cfg.resize), CenterCrop(cfg.image_size)]
-    flip = [RandomHorizontalFlip()] if augment.hflip else []
-    return Compose((*crop, *flip, ToTensor(), Normalize(cfg.mean, cfg.std)))
+    crop), data.augment's image transforms in their order, to tensor and normalise, then
+    random erasing. Evaluation never augments; mixup and cutmix act on batches
+    (cli.data.mixing)."""
+    augment: tuple[Augmentation, ...] = cfg.augment if train else ()
+    crops = any(isinstance(step, RandomResizedCropOptions) for step in augment)
+    steps: list[Any] = [] if crops else [Resize(cfg.resize), CenterCrop(cfg.image_size)]
+    erasing = []
+    for step in augment:
+        if isinstance(step, RandomResizedCropOptions):
+            steps.append(RandomResizedCrop(cfg.image_size, step.scale, step.ratio))
+        elif isinstance(step, RandomErasingOptions):
+            erasing.append(RandomErasing(**dataclasses.asdict(step)))
+        elif type(step) in IMAGE_STEPS:
+            steps.append(IMAGE_STEPS[type(step)](**dataclasses.asdict(step)))
+    return Compose((*steps, ToTensor(), Normalize(cfg.mean, cfg.std), *erasing))

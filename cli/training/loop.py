@@ -21,6 +21,7 @@ import numpy as np
 
 import engine
 from cli.config import Config
+from cli.data.mixing import BatchMixing
 from cli.errors import FinetuneError
 from cli.training.build import Trainee
 from cli.training.distributed import Job
@@ -73,6 +74,9 @@ class Trainer:
     def __post_init__(self) -> None:
         smoothing = self.config.schedule.label_smoothing
         self.criterion = functools.partial(F.cross_entropy, label_smoothing=smoothing)
+        self.mixing = BatchMixing.from_config(
+            self.config.data.augment, self.config.model.num_classes, self.state.data_seed
+        )
         resumed = self.state.global_step > 0
         self.last_saved = self.position() if resumed else None
         self.reduction = StepReduction(self.job.comm, self.forward, self.job.sharding.shards)
@@ -102,7 +106,10 @@ class Trainer:
             reduction.begin()
             with self.job.synced(batch.shards):
                 for images, labels in batch.shards:
-                    x, y = engine.from_numpy(images), engine.from_numpy(labels)
+                    images, targets = self.mixing(
+                        images, labels, self.state.epoch, self.state.batch
+                    )
+                    x, y = engine.from_numpy(images), engine.from_numpy(targets)
                     logits = model(x)
                     loss = self.criterion(logits, y)
                     (loss * (len(labels) / batch.size)).backward()
@@ -240,7 +247,9 @@ class Trainer:
 
 
 def correct(logits: engine.Tensor, labels: engine.Tensor) -> int:
-    """How many rows of `logits` have their largest value at the label."""
+    """How many rows of `logits` have their largest value at the label (for soft targets,
+    at the target's largest value)."""
+    labels = labels.argmax(dim=1) if labels.ndim == 2 else labels
     return int((logits.argmax(dim=1) == labels).sum().item())
 
 

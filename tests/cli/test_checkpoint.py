@@ -156,8 +156,8 @@ def test_a_resume_may_train_longer(tmp_path: Path):
 def test_a_resume_refuses_changes_that_break_exactness(tmp_path: Path):
     folder = saved_run(tmp_path)
     with pytest.raises(ConfigError) as refused:
-        folder.resume_config(["optim.lr=0.5", "data.augment.hflip=true"])
-    assert {p.split(":")[0] for p in refused.value.problems} == {"optim.lr", "data.augment.hflip"}
+        folder.resume_config(["optim.lr=0.5", "data.augment=[horizontal_flip]"])
+    assert {p.split(":")[0] for p in refused.value.problems} == {"optim.lr", "data.augment"}
     (tmp_path / "cosine").mkdir()
     cosine = saved_run(tmp_path / "cosine", scheduler="cosine")
     with pytest.raises(ConfigError, match="cosine"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.config import Config, config_to_dict, load_config
+from cli.config import Config, HorizontalFlipOptions, config_to_dict, load_config
 from cli.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -31,8 +31,7 @@ def test_empty_config_gives_the_documented_defaults(tmp_path):
     assert cfg.data.dataset == "digits" and cfg.data.val_fraction == 0.2
     assert (cfg.data.image_size, cfg.data.resize) == (224, 256)
     assert cfg.data.mean == (0.485, 0.456, 0.406) and cfg.data.std == (0.229, 0.224, 0.225)
-    assert cfg.data.augment.scale == (0.08, 1.0) and cfg.data.augment.ratio == (3 / 4, 4 / 3)
-    assert not cfg.data.augment.random_resized_crop and not cfg.data.augment.hflip
+    assert cfg.data.augment == ()
     assert cfg.data.on_bad_image == "stop" and cfg.data.cache_features and cfg.data.limit is None
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum) == ("sgd", 0.01, 0.9)
     assert cfg.optim.betas == (0.9, 0.999) and cfg.optim.eps == 1e-8 and cfg.optim.groups == ()
@@ -58,7 +57,8 @@ schedule: {label_smoothing: 1e-1, grad_clip: 5}
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
     assert cfg.optim.eps == 1e-6 and cfg.schedule.label_smoothing == 0.1
     assert cfg.optim.betas == (0.8, 0.99) and cfg.data.classes == ("0", "1")
-    assert cfg.data.augment.hflip and cfg.data.limit == 50 and cfg.schedule.grad_clip == 5.0
+    assert cfg.data.augment == (HorizontalFlipOptions(),)
+    assert cfg.data.limit == 50 and cfg.schedule.grad_clip == 5.0
 
 
 def test_param_groups_and_single_pattern_shorthand(tmp_path):
@@ -83,7 +83,7 @@ def test_dotted_overrides_are_parsed_as_yaml(tmp_path):
         path,
         ["optim.lr=0.001", "data.augment.hflip=true", "model.freeze=[layer1.*]", "run.seed=7"],
     )
-    assert cfg.optim.lr == 0.001 and cfg.data.augment.hflip
+    assert cfg.optim.lr == 0.001 and cfg.data.augment == (HorizontalFlipOptions(),)
     assert cfg.model.freeze == ("layer1.*",) and cfg.run.seed == 7
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli.config import AugmentConfig, DataConfig
+from cli.config import DataConfig, HorizontalFlipOptions, RandomResizedCropOptions
 from cli.data import DataLoader, build_datasets, build_split
 from cli.data.cifar10 import cifar10_splits
 from cli.data.dataset import ArrayImages, ImageDataset, Samples
@@ -329,7 +329,9 @@ def test_to_tensor_and_normalize():
 
 def test_make_transform_follows_the_config():
     cfg = DataConfig(
-        image_size=16, resize=20, augment=AugmentConfig(random_resized_crop=True, hflip=True)
+        image_size=16,
+        resize=20,
+        augment=(RandomResizedCropOptions(), HorizontalFlipOptions()),
     )
     train, evaluation = make_transform(cfg, train=True), make_transform(cfg, train=False)
     assert [type(s) for s in train.steps] == [
