@@ -161,24 +161,23 @@ class Named(_Section):
     name: ClassVar[str]
 
 
-def _ordered(section: _Section, *names: str) -> Iterator[tuple[str, str]]:
-    """A problem for each [min, max] pair among `names` whose min exceeds its max."""
-    for name in names:
-        low, high = getattr(section, name)
-        if low > high:
-            yield name, f"expected [min, max], got [{low:g}, {high:g}]"
+class _ScaleAndRatio(_Section):
+    """Options with [min, max] ranges `scale` and `ratio` (of a random box)."""
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        for name in ("scale", "ratio"):
+            low, high = getattr(self, name)
+            if low > high:
+                yield name, f"expected [min, max], got [{low:g}, {high:g}]"
 
 
 @dataclass(frozen=True)
-class RandomResizedCropOptions(Named):
+class RandomResizedCropOptions(Named, _ScaleAndRatio):
     """torchvision's RandomResizedCrop to data.image_size, instead of resize and center crop."""
 
     name: ClassVar[str] = "random_resized_crop"
     scale: tuple[AreaFraction, AreaFraction] = (0.08, 1.0)
     ratio: tuple[PositiveFloat, PositiveFloat] = (3 / 4, 4 / 3)
-
-    def problems(self) -> Iterator[tuple[str, str]]:
-        return _ordered(self, "scale", "ratio")
 
 
 @dataclass(frozen=True)
@@ -229,7 +228,7 @@ class RandAugmentOptions(Named):
 
 
 @dataclass(frozen=True)
-class RandomErasingOptions(Named):
+class RandomErasingOptions(Named, _ScaleAndRatio):
     """torchvision's RandomErasing, on the normalised image (`value` 0 is the mean colour)."""
 
     name: ClassVar[str] = "random_erasing"
@@ -237,9 +236,6 @@ class RandomErasingOptions(Named):
     scale: tuple[Probability, Probability] = (0.02, 0.33)
     ratio: tuple[PositiveFloat, PositiveFloat] = (0.3, 3.3)
     value: float = 0.0
-
-    def problems(self) -> Iterator[tuple[str, str]]:
-        return _ordered(self, "scale", "ratio")
 
 
 @dataclass(frozen=True)
@@ -273,16 +269,13 @@ Augmentation = (
 
 
 @dataclass(frozen=True)
-class AugmentConfig(_Section):
+class AugmentConfig(_ScaleAndRatio):
     """The older mapping form of data.augment, still accepted: turned into the list form."""
 
     random_resized_crop: bool = False
     scale: tuple[AreaFraction, AreaFraction] = (0.08, 1.0)
     ratio: tuple[PositiveFloat, PositiveFloat] = (3 / 4, 4 / 3)
     hflip: bool = False
-
-    def problems(self) -> Iterator[tuple[str, str]]:
-        return _ordered(self, "scale", "ratio")
 
     def upgrade(self) -> tuple[Augmentation, ...]:
         crop = (

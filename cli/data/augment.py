@@ -11,6 +11,7 @@ computes each entry with one rounding from its nearer end, which `linspace` repr
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -82,46 +83,58 @@ def posterize_bits(bins: int, levels: int) -> np.ndarray:
     return 8 - np.round(spread).astype(np.int32)
 
 
-def trivial_augment_space(bins: int) -> OpSpace:
-    """TrivialAugmentWide's ops and magnitudes."""
-    unit = linspace(0.0, 0.99, bins)
+def _op_space(
+    bins: int,
+    shear: float,
+    translate: tuple[float, float],
+    rotate: float,
+    enhance: float,
+    posterize_levels: int,
+) -> OpSpace:
+    """The ops shared by TrivialAugmentWide and RandAugment, with magnitudes from 0 to the
+    given maxima (x and y translation in pixels, rotation in degrees)."""
+    enhancements = linspace(0.0, enhance, bins)
+    shears = linspace(0.0, shear, bins)
     return {
         "Identity": (None, False),
-        "ShearX": (unit, True),
-        "ShearY": (unit, True),
-        "TranslateX": (linspace(0.0, 32.0, bins), True),
-        "TranslateY": (linspace(0.0, 32.0, bins), True),
-        "Rotate": (linspace(0.0, 135.0, bins), True),
-        "Brightness": (unit, True),
-        "Color": (unit, True),
-        "Contrast": (unit, True),
-        "Sharpness": (unit, True),
-        "Posterize": (posterize_bits(bins, 6), False),
+        "ShearX": (shears, True),
+        "ShearY": (shears, True),
+        "TranslateX": (linspace(0.0, translate[0], bins), True),
+        "TranslateY": (linspace(0.0, translate[1], bins), True),
+        "Rotate": (linspace(0.0, rotate, bins), True),
+        "Brightness": (enhancements, True),
+        "Color": (enhancements, True),
+        "Contrast": (enhancements, True),
+        "Sharpness": (enhancements, True),
+        "Posterize": (posterize_bits(bins, posterize_levels), False),
         "Solarize": (linspace(255.0, 0.0, bins), False),
         "AutoContrast": (None, False),
         "Equalize": (None, False),
     }
+
+
+def trivial_augment_space(bins: int) -> OpSpace:
+    """TrivialAugmentWide's ops and magnitudes."""
+    return _op_space(bins, 0.99, (32.0, 32.0), 135.0, 0.99, posterize_levels=6)
 
 
 def rand_augment_space(bins: int, height: int, width: int) -> OpSpace:
     """RandAugment's ops and magnitudes for an image of this size."""
-    unit = linspace(0.0, 0.9, bins)
-    return {
-        "Identity": (None, False),
-        "ShearX": (linspace(0.0, 0.3, bins), True),
-        "ShearY": (linspace(0.0, 0.3, bins), True),
-        "TranslateX": (linspace(0.0, 150.0 / 331.0 * width, bins), True),
-        "TranslateY": (linspace(0.0, 150.0 / 331.0 * height, bins), True),
-        "Rotate": (linspace(0.0, 30.0, bins), True),
-        "Brightness": (unit, True),
-        "Color": (unit, True),
-        "Contrast": (unit, True),
-        "Sharpness": (unit, True),
-        "Posterize": (posterize_bits(bins, 4), False),
-        "Solarize": (linspace(255.0, 0.0, bins), False),
-        "AutoContrast": (None, False),
-        "Equalize": (None, False),
-    }
+    translate = (150.0 / 331.0 * width, 150.0 / 331.0 * height)
+    return _op_space(bins, 0.3, translate, 30.0, 0.9, posterize_levels=4)
+
+
+def box_sides(
+    area: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
+) -> Iterator[tuple[int, int]]:
+    """torchvision's ten tries at a box: an area fraction uniform in `scale` and an aspect
+    ratio log-uniform in `ratio`, as the rounded sides sqrt(area * ratio), sqrt(area / ratio).
+    Drawn lazily, so a caller that stops at the first fit draws no more."""
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(log_low, log_high))
+        yield int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
 
 
 def _signed(magnitude: float, signed: bool, rng: np.random.Generator) -> float:
@@ -181,13 +194,7 @@ class RandomErasing:
         self, height: int, width: int, rng: np.random.Generator
     ) -> tuple[int, int, int, int] | None:
         """(top, left, height, width) of the rectangle, or None when no try fits."""
-        area = height * width
-        log_low, log_high = math.log(self.ratio[0]), math.log(self.ratio[1])
-        for _ in range(10):
-            erase_area = area * rng.uniform(*self.scale)
-            aspect = math.exp(rng.uniform(log_low, log_high))
-            h = int(round(math.sqrt(erase_area * aspect)))
-            w = int(round(math.sqrt(erase_area / aspect)))
+        for h, w in box_sides(height * width, self.scale, self.ratio, rng):
             if h < height and w < width:
                 top = int(rng.integers(0, height - h + 1))
                 left = int(rng.integers(0, width - w + 1))

@@ -59,38 +59,30 @@ def paste(batch: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
-class MixUp:
-    """Blend whole images: lam ~ Beta(alpha, alpha)."""
-
-    alpha: float = 1.0
-
-    def __call__(
-        self, images: np.ndarray, targets: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        lam = float(rng.beta(self.alpha, self.alpha))
-        return mix(images, lam), mix(targets, lam)
+def mixup(
+    images: np.ndarray, targets: np.ndarray, lam: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blend whole images and their targets."""
+    return mix(images, lam), mix(targets, lam)
 
 
-@dataclass(frozen=True)
-class CutMix:
-    """Paste a box of area about 1 - lam from the neighbour, at a uniform centre."""
+def cutmix(
+    images: np.ndarray, targets: np.ndarray, lam: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paste a box of area about 1 - lam from the neighbour, around a uniform centre; the
+    targets mix by the area actually kept."""
+    height, width = images.shape[-2:]
+    center = (int(rng.integers(width)), int(rng.integers(height)))
+    box, kept = cutmix_box(lam, center, height, width)
+    return paste(images, box), mix(targets, kept)
 
-    alpha: float = 1.0
 
-    def __call__(
-        self, images: np.ndarray, targets: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        lam = float(rng.beta(self.alpha, self.alpha))
-        height, width = images.shape[-2:]
-        center = (int(rng.integers(width)), int(rng.integers(height)))
-        box, kept = cutmix_box(lam, center, height, width)
-        return paste(images, box), mix(targets, kept)
+MIXERS = {MixupOptions: mixup, CutmixOptions: cutmix}
 
 
 def mixes_batches(augment: tuple[Augmentation, ...]) -> bool:
     """Whether data.augment lists mixup or cutmix (so the model's inputs are not single images)."""
-    return any(isinstance(step, (MixupOptions, CutmixOptions)) for step in augment)
+    return any(type(step) in MIXERS for step in augment)
 
 
 @dataclass(frozen=True)
@@ -98,7 +90,7 @@ class BatchMixing:
     """The mixing of data.augment's `mixup` and `cutmix` entries, with their probabilities;
     with neither, batches pass through with their class-index labels."""
 
-    mixers: tuple[tuple[MixUp | CutMix, float], ...]
+    mixers: tuple[MixupOptions | CutmixOptions, ...]
     num_classes: int
     seed: int
 
@@ -106,11 +98,7 @@ class BatchMixing:
     def from_config(
         cls, augment: tuple[Augmentation, ...], num_classes: int, seed: int
     ) -> BatchMixing:
-        kinds = {MixupOptions: MixUp, CutmixOptions: CutMix}
-        mixers = tuple(
-            (kinds[type(step)](step.alpha), step.p) for step in augment if type(step) in kinds
-        )
-        return cls(mixers, num_classes, seed)
+        return cls(tuple(step for step in augment if type(step) in MIXERS), num_classes, seed)
 
     def __call__(
         self, images: np.ndarray, labels: np.ndarray, epoch: int, batch: int
@@ -120,6 +108,9 @@ class BatchMixing:
         if not self.mixers:
             return images, labels
         rng = batch_rng(self.seed, epoch, batch)
-        mixer, p = self.mixers[rng.integers(len(self.mixers))]
+        mixer = self.mixers[rng.integers(len(self.mixers))]
         targets = one_hot(labels, self.num_classes)
-        return mixer(images, targets, rng) if rng.random() < p else (images, targets)
+        if rng.random() >= mixer.p:
+            return images, targets
+        lam = float(rng.beta(mixer.alpha, mixer.alpha))
+        return MIXERS[type(mixer)](images, targets, lam, rng)

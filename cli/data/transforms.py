@@ -11,7 +11,6 @@ part of a dataset's identity (cache keys).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,7 +27,13 @@ from cli.config import (
     RandomResizedCropOptions,
     TrivialAugmentOptions,
 )
-from cli.data.augment import ColorJitter, RandAugment, RandomErasing, TrivialAugmentWide
+from cli.data.augment import (
+    ColorJitter,
+    RandAugment,
+    RandomErasing,
+    TrivialAugmentWide,
+    box_sides,
+)
 
 BILINEAR = Image.Resampling.BILINEAR
 
@@ -85,13 +90,7 @@ class RandomResizedCrop:
         self, width: int, height: int, rng: np.random.Generator
     ) -> tuple[int, int, int, int]:
         """(top, left, height, width) of the crop box."""
-        area = width * height
-        log_low, log_high = math.log(self.ratio[0]), math.log(self.ratio[1])
-        for _ in range(10):
-            target_area = area * rng.uniform(*self.scale)
-            aspect = math.exp(rng.uniform(log_low, log_high))
-            w = int(round(math.sqrt(target_area * aspect)))
-            h = int(round(math.sqrt(target_area / aspect)))
+        for w, h in box_sides(width * height, self.scale, self.ratio, rng):
             if 0 < w <= width and 0 < h <= height:
                 top = int(rng.integers(0, height - h + 1))
                 left = int(rng.integers(0, width - w + 1))
