@@ -6,7 +6,9 @@ one Beta(alpha, alpha) draw per batch; the targets become the same mixture of on
 rows. With both listed, each batch picks one of them with equal chance (torchvision's
 reference recipe, timm's switch_prob 0.5), then applies it with its probability `p`.
 A batch's draws come from (seed, epoch, batch index), so a resumed run mixes exactly as
-an uninterrupted one. The loss takes the soft targets (cross-entropy with probability
+an uninterrupted one; a batch split into shards (over processes, or data.micro_batches)
+mixes within each shard, every shard with the batch's draws, so N processes and N
+micro-batches mix alike. The loss takes the soft targets (cross-entropy with probability
 targets; label smoothing applies on top, as timm's smoothed mixup targets).
 """
 
