@@ -56,6 +56,7 @@ from cli.data.transforms import (
     resized_crop,
 )
 from cli.errors import ConfigError
+from tests.cli.test_train_e2e import assert_identical, finetune, rows, weights, write_config
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CASES = json.loads((FIXTURES / "augment_goldens.json").read_text())
@@ -449,8 +450,6 @@ EVERYTHING = [
 
 @pytest.mark.slow
 def test_a_run_with_every_augmentation_resumes_bit_for_bit(tmp_path):
-    from test_train_e2e import assert_identical, finetune, rows, weights, write_config
-
     config = write_config(tmp_path, "aug.yaml", data={"augment": EVERYTHING, "limit": 8})
     straight = finetune("train", str(config), "run.output_dir=straight", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr
@@ -474,8 +473,6 @@ def test_a_run_with_every_augmentation_resumes_bit_for_bit(tmp_path):
 
 @pytest.mark.slow
 def test_mixing_turns_off_the_feature_cache(tmp_path):
-    from test_train_e2e import finetune, write_config
-
     config = write_config(
         tmp_path,
         "probe.yaml",

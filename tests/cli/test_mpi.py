@@ -210,3 +210,10 @@ def test_bench_ranks_times_the_step_over_two_processes():
     assert row["ms_per_step"] > row["reduce_ms"] > 0 and 0 < row["reduce_share"] < 1
     assert row["buffer_mb"] > 40  # ResNet18's 11.7M gradients, as float32
     assert row["efficiency"] > 0
+
+
+def test_mixup_and_cutmix_on_two_processes_equal_one_with_two_micro_batches(work: Path):
+    augment = {"augment": ["horizontal_flip", {"mixup": {"alpha": 0.4}}, "cutmix"]}
+    two = train(2, work, "two-mixed", "schedule.epochs=1", data=augment)
+    one = train(1, work, "micro-mixed", "schedule.epochs=1", "data.micro_batches=2", data=augment)
+    assert_identical(weights(two / "last.safetensors"), weights(one / "last.safetensors"))
