@@ -20,6 +20,7 @@ from engine.io import (
     load_torch_checkpoint,
     save_safetensors,
 )
+from engine.io.atomic import atomic_file, remove_temporary_files, write_atomic
 from engine.io.state_dict import extract_state_dict
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -496,3 +497,16 @@ def test_live_torch_save_loads_in_engine(tmp_path):
     torch.save(model.state_dict(), tmp_path / "m.pth")
     loaded = as_arrays(load_state_dict_file(tmp_path / "m.pth"))
     assert_same_arrays(loaded, {k: v.numpy() for k, v in model.state_dict().items()})
+
+
+def test_a_failed_streamed_write_keeps_the_old_file_and_stale_temporaries_are_cleared(tmp_path):
+    path = tmp_path / "rows.bin"
+    write_atomic(path, "old")
+    with pytest.raises(ValueError), atomic_file(path) as f:
+        f.write(b"half of the new")
+        raise ValueError("stopped midway")
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["rows.bin"]
+    (tmp_path / ".rows.bin.0123abcd.tmp").write_bytes(b"left by a killed process")
+    assert [p.name for p in remove_temporary_files(tmp_path)] == [".rows.bin.0123abcd.tmp"]
+    assert os.listdir(tmp_path) == ["rows.bin"]

@@ -22,8 +22,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,8 +44,8 @@ from cli.config import Config
 from cli.data import DataLoader, ImageDataset
 from cli.errors import FinetuneError
 from cli.training.build import Trainee
-from cli.training.run_folder import write_atomic
 from engine import nn
+from engine.io.atomic import atomic_file, write_atomic
 
 
 def head_only(trainee: Trainee, dataset: ImageDataset) -> bool:
@@ -195,13 +193,9 @@ class FeatureCache:
         started = time.perf_counter()
         shape = (len(dataset), model.fc.in_features)
         loader = DataLoader(_Indexed(dataset), self.batch_size, num_workers=self.num_workers)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         try:
-            with open(tmp, "wb") as file, self.progress(split, len(dataset)) as advance:
+            with atomic_file(path) as file, self.progress(split, len(dataset)) as advance:
                 written = _write_rows(file, shape, backbone_batches(model, loader), advance)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, path)
             skipped = np.flatnonzero(~written).tolist()
             meta = {"inputs": inputs, "skipped": skipped}
             write_atomic(path.with_suffix(".json"), json.dumps(meta) + "\n")
@@ -210,8 +204,6 @@ class FeatureCache:
                 f"cannot write the feature cache {path}: {exc}. Free some space, or train "
                 "without it: data.cache_features=false"
             ) from None
-        finally:
-            tmp.unlink(missing_ok=True)
         seconds = time.perf_counter() - started
         _note(self.console, f"cached the features in {path} ({seconds:.1f}s)")
         return np.load(path, mmap_mode="r"), skipped

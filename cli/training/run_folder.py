@@ -24,11 +24,8 @@ so the weights and the optimizer state it restores always belong together.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
-import secrets
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +42,7 @@ from cli.errors import ConfigError, FinetuneError
 from cli.training.build import ARCHS
 from engine import nn
 from engine.io import load_state_dict_file, save_safetensors
+from engine.io.atomic import write_atomic
 
 CONFIG = "config.yaml"
 CLASSES = "classes.json"
@@ -356,21 +354,6 @@ def _changed_keys(old: Any, new: Any, key: str = "") -> list[str]:
             for changed in _changed_keys(old[name], new[name], f"{key}.{name}" if key else name)
         ]
     return [] if old == new else [key]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` through a temporary file; on failure the old file stays."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 # A state dict as JSON plus named arrays: each tensor becomes {"$tensor": name} (an

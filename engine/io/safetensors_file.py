@@ -66,4 +66,10 @@ def write_arrays(
             )
     contiguous = {name: np.asarray(array, order="C") for name, array in arrays.items()}
     meta = None if metadata is None else dict(metadata)
-    write_atomic(path, safetensors.numpy.save(contiguous, metadata=meta))
+    try:
+        write_atomic(path, safetensors.numpy.save(contiguous, metadata=meta))
+    except OSError as exc:
+        raise WeightsError(
+            f"cannot write weights file {path}: {exc.strerror or exc}; "
+            "any previous file there is unchanged; check the directory and free disk space"
+        ) from exc

@@ -21,10 +21,10 @@ from cli.training.run_folder import (
     RunFolderError,
     TrainerState,
     check_class_count,
-    write_atomic,
 )
 from engine import nn, optim
 from engine.io import WeightsError
+from engine.io.atomic import write_atomic
 
 
 def stepped(optimizer_class: type, **options: float) -> tuple[nn.Module, optim.Optimizer]:
