@@ -225,6 +225,7 @@ def _restore(folder: RunFolder, trainee: Trainee, identity: str) -> tuple[Traine
             f"{folder.path / CONFIG}: {exc}"
         ) from None
     state = checkpoint.trainer
+    folder.restore_weights_files(state, trainee.model.state_dict())
     if state.data_identity != identity:
         Console(stderr=True, soft_wrap=True).print(
             "warning: the training images differ from when this run started, so the "

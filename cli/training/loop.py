@@ -160,19 +160,24 @@ class Trainer:
             self.trainee.scheduler.step()
         state = self.state
         score = row["train_acc"] if val is None else row["val_acc"]
-        if state.best_accuracy is None or score > state.best_accuracy:
+        improved = state.best_accuracy is None or score > state.best_accuracy
+        if improved:
             state.best_accuracy, state.best_epoch = score, row["epoch"]
-            self.folder.save_weights(BEST, self.trainee.model.state_dict())
         state.start_next_epoch()
         epochs = self.config.schedule.epochs
         if state.epoch % self.config.run.checkpoint_every == 0 or state.epoch == epochs:
             self.save()
+        if improved:
+            self.folder.save_weights(BEST, self.trainee.model.state_dict())
 
     def save(self) -> None:
-        """Write last.safetensors, then the trainer state: the point a resume starts from."""
+        """Write the trainer state (the point a resume starts from), then last.safetensors.
+
+        In that order, a kill between the two loses nothing: a resume rewrites `last`
+        (and `best`) from the trainer state (RunFolder.restore_weights_files).
+        """
         weights = self.trainee.model.state_dict()
         scheduler = self.trainee.scheduler
-        self.folder.save_weights(LAST, weights)
         self.state.rng = engine.get_rng_state()
         self.folder.save_checkpoint(
             Checkpoint(
@@ -182,6 +187,7 @@ class Trainer:
                 trainer=self.state,
             )
         )
+        self.folder.save_weights(LAST, weights)
         self.last_saved = self.position()
 
     def position(self) -> str:

@@ -16,10 +16,16 @@ A run folder holds:
 - `features/`: a linear probe's cached backbone features (cli.training.features), keyed by what
   they depend on, so starting over with --overwrite keeps them for reuse.
 
-Every file is replaced atomically (a temporary file, then os.replace), so a
-failed write (full disk, Ctrl-C pressed twice) leaves the previous version whole.
-`last.safetensors` is for people; a resume reads only `trainer_state.safetensors`,
-so the weights and the optimizer state it restores always belong together.
+Every file is replaced atomically (engine.io.atomic: a synced temporary file,
+then a rename), so a failed write (full disk, Ctrl-C pressed twice, kill -9)
+leaves the previous version whole; the next start or resume deletes the
+temporary files a killed write left. Metrics rows are appended, and a resume
+drops a row a kill cut short along with the rows written after its checkpoint.
+
+`last.safetensors` and `best.safetensors` are for people; a resume reads only
+`trainer_state.safetensors`, so the weights and the optimizer state it restores
+always belong together. The trainer state is written first, then `last` and
+`best`, so a finished epoch is never lost: a resume rewrites those two from it.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from cli.errors import ConfigError, FinetuneError
 from cli.training.build import ARCHS
 from engine import nn
 from engine.io import load_state_dict_file, save_safetensors
-from engine.io.atomic import write_atomic
+from engine.io.atomic import remove_temporary_files, write_atomic
 
 CONFIG = "config.yaml"
 CLASSES = "classes.json"
@@ -183,10 +189,14 @@ class RunFolder:
         if not path.is_dir():
             raise RunFolderError(f"--resume {path}: no such run folder")
         if not (path / TRAINER_STATE).is_file():
+            config = path / CONFIG if (path / CONFIG).is_file() else "CONFIG.yaml"
             raise RunFolderError(
                 f"--resume {path}: no {TRAINER_STATE} there, so there is nothing to resume "
-                "(a run saves it after its first epoch or when stopped with Ctrl-C)"
+                "(a run saves it after its first epoch or when stopped with Ctrl-C). "
+                f"To start the run again: finetune train {config} run.output_dir={path} "
+                "--overwrite"
             )
+        folder.remove_temporary_files()
         return folder
 
     def start(self, config: Config, class_names: list[str]) -> None:
@@ -195,6 +205,7 @@ class RunFolder:
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
         shutil.rmtree(self.path / TENSORBOARD, ignore_errors=True)
+        self.remove_temporary_files()
         self.save_config(config)
         write_atomic(self.path / CLASSES, json.dumps(class_names) + "\n")
 
@@ -252,6 +263,20 @@ class RunFolder:
         """The run's trained network in eval mode, with `weights` or else its best."""
         return load_trained_model(self.config().model, self.weights_path(weights))
 
+    def remove_temporary_files(self) -> None:
+        """Delete what writes killed midway left here and in the feature cache."""
+        for directory in (self.path, self.path / FEATURES):
+            if directory.is_dir():
+                remove_temporary_files(directory)
+
+    def restore_weights_files(self, state: TrainerState, weights: Mapping[str, Any]) -> None:
+        """Rewrite the files for people from the state a resume starts from, `weights`
+        being its model's: a kill after the trainer state was saved may have stopped their
+        writes. `last` holds these weights, and so does `best` when it was their epoch."""
+        self.save_weights(LAST, weights)
+        if state.batch == 0 and state.best_epoch == state.epoch:
+            self.save_weights(BEST, weights)
+
     def save_config(self, config: Config) -> None:
         text = yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
         write_atomic(self.path / CONFIG, text)
@@ -261,12 +286,13 @@ class RunFolder:
             f.write(json.dumps(row) + "\n")
 
     def metrics(self) -> list[dict[str, Any]]:
-        """The rows of metrics.jsonl (none if it does not exist)."""
+        """The complete rows of metrics.jsonl (none if it does not exist)."""
         path = self.path / METRICS
         if not path.exists():
             return []
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        text = path.read_text(encoding="utf-8")
+        complete = text[: text.rfind("\n") + 1]  # without a row a kill cut short
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def keep_metrics(self, keep: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
         """Drop the metrics rows `keep` rejects (those written after the checkpoint resumed

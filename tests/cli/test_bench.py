@@ -10,8 +10,9 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+from _run_cli import finetune
 from PIL import Image
-from test_main import assert_clean_failure, finetune
+from test_main import assert_clean_failure
 
 from cli.bench import cases, runner
 from cli.bench.profile import TARGETS

@@ -8,14 +8,11 @@ every figure of the evaluation follows from the class counts of the validation s
 from __future__ import annotations
 
 import math
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _run_cli import finetune, words
 from PIL import Image
 from typer.testing import CliRunner, Result
 
@@ -43,11 +40,6 @@ CONFIG = {
     "run": {"seed": 0},
 }
 P_FIRST = math.e / (math.e + 1)  # softmax([1, 0])[0]
-
-
-def words(text: str) -> str:
-    """The text without box-drawing characters and line wrapping, for substring checks."""
-    return " ".join(re.sub("[\u2500-\u257f]", " ", text).split())
 
 
 def invoke(*args: str) -> Result:
@@ -93,13 +85,7 @@ def digit_png(path: Path, index: int) -> Path:
 def test_evaluate_a_run_folder_through_the_real_command(
     run_dir: Path, val_counts: list[int]
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "cli.main", "evaluate", str(run_dir)],
-        env={**os.environ, "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = finetune("evaluate", str(run_dir))
     assert result.returncode == 0, result.stderr
     zeros, ones = val_counts
     total = zeros + ones

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import safetensors.numpy
 import yaml
+from _run_cli import finetune
 from PIL import Image
 from rich.console import Console
 
@@ -184,15 +183,7 @@ def test_unreadable_images_skipped_are_remembered(tmp_path: Path, model: Module)
 
 def train(work: Path, *args: str) -> subprocess.CompletedProcess:
     """`finetune train ...` in a subprocess, with plain output (no terminal); must succeed."""
-    env = {k: v for k, v in os.environ.items() if k not in {"FORCE_COLOR", "FINETUNE_DEBUG"}}
-    done = subprocess.run(
-        [sys.executable, "-m", "cli.main", "train", *args],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = finetune("train", *args, cwd=work)
     assert done.returncode == 0, done.stdout + done.stderr
     return done
 

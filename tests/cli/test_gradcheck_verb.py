@@ -3,23 +3,14 @@ error, and a broken op fails with its row and the entry where it is worst."""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-
 import pytest
+from _run_cli import finetune, words
 from typer.testing import CliRunner, Result
 
 import engine
 from cli import gradcheck
 from cli.main import app
 from engine.testing import CASES, OpCase
-
-
-def words(text: str) -> str:
-    """The text without box-drawing characters and line wrapping, for substring checks."""
-    return " ".join(re.sub("[\u2500-\u257f]", " ", text).split())
 
 
 def invoke(*args: str) -> Result:
@@ -42,14 +33,7 @@ class WrongSquare(engine.autograd.Function):
 
 @pytest.mark.slow
 def test_every_case_passes_through_the_real_command() -> None:
-    env = {**os.environ, "COLUMNS": "200"}
-    result = subprocess.run(
-        [sys.executable, "-m", "cli.main", "gradcheck"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    result = finetune("gradcheck")
     assert result.returncode == 0, result.stdout + result.stderr
     for column in ("op", "max abs err", "max rel err", "status", "time"):
         assert column in result.stdout

@@ -3,22 +3,14 @@ output shapes and MACs per layer."""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+from _run_cli import finetune, words
 from typer.testing import CliRunner, Result
 
 from cli.main import app
 from engine.models import resnet18
-
-
-def words(text: str) -> str:
-    """The text without box-drawing characters and line wrapping, for substring checks."""
-    return " ".join(re.sub("[\u2500-\u257f]", " ", text).split())
 
 
 def invoke(*args: str) -> Result:
@@ -36,23 +28,7 @@ def write_config(folder: Path, **model: object) -> Path:
 
 
 def test_tree_and_totals_through_the_real_command(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cli.main",
-            "inspect-model",
-            "--arch",
-            "resnet18",
-            "--num-classes",
-            "10",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = finetune("inspect-model", "--arch", "resnet18", "--num-classes", "10", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(repr(resnet18(num_classes=10)) + "\n")
     summary = words(result.stdout)

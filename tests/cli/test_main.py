@@ -4,7 +4,6 @@ nothing here trains."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import typer
 import yaml
+from _run_cli import finetune
 
 from cli.main import app
 
@@ -21,18 +21,6 @@ GOOD = {
     "data": {"dataset": "digits", "classes": ["0", "1"], "image_size": 16, "resize": 16},
     "schedule": {"epochs": 1},
 }
-
-
-def finetune(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k != "FINETUNE_DEBUG"}
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        cwd=cwd,
-        env={**environment, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def write_config(folder: Path, text: str | None = None, **sections: dict) -> Path:

@@ -7,18 +7,17 @@ mid-epoch), the NaN stop, the run-folder refusal and both output modes.
 from __future__ import annotations
 
 import json
-import os
+import re
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import safetensors.numpy
 import yaml
+from _run_cli import COMMAND, Started, finetune, plain_env, start
 
 from cli.training.run_folder import RunFolder
 from engine.io import load_safetensors
@@ -53,25 +52,6 @@ RUN_FILES = {
     "trainer_state.safetensors",
     "results.csv",
 }
-
-
-def finetune(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        cwd=cwd,
-        env=env or plain_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
-def plain_env() -> dict[str, str]:
-    """The environment without variables that make rich treat a pipe as a terminal."""
-    drop = {"FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "FINETUNE_DEBUG"}
-    return {k: v for k, v in os.environ.items() if k not in drop}
 
 
 def write_config(folder: Path, name: str = "tiny.yaml", **sections: dict) -> Path:
@@ -174,18 +154,15 @@ def test_resume_after_an_epoch_matches_the_straight_run(
 
 
 def interrupt_after_first_step(
-    args: list[str], cwd: Path, env: dict[str, str], run: Path, timeout: float = 300
-) -> tuple[subprocess.Popen, str, str]:
-    """Start `args`, press Ctrl-C once the run folder has a metrics row, and wait for the end."""
-    process = subprocess.Popen(
-        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + timeout
-    while not ((run / "metrics.jsonl").exists() and rows(run)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=timeout)
-    return process, stdout, stderr
+    command: list[str], cwd: Path, env: dict[str, str], run: Path, timeout: float = 300
+) -> tuple[subprocess.CompletedProcess, str, str]:
+    """Start `command`, press Ctrl-C once the run folder has a metrics row, and wait for the
+    end; fail with the child's output if it ends before."""
+    training = Started(command, cwd, env)
+    training.wait_until(lambda out, err: bool(RunFolder(run).metrics()), timeout)
+    training.process.send_signal(signal.SIGINT)
+    done = training.finish(timeout)
+    return done, done.stdout, done.stderr
 
 
 def test_ctrl_c_saves_mid_epoch_and_resume_matches(
@@ -193,9 +170,9 @@ def test_ctrl_c_saves_mid_epoch_and_resume_matches(
 ):
     config = write_config(work, "interrupted.yaml", run={"output_dir": "interrupted"})
     run = work / "interrupted"
-    args = [sys.executable, "-m", "cli.main", "train", str(config), "data.num_workers=2"]
-    process, stdout, stderr = interrupt_after_first_step(args, work, plain_env(), run)
-    assert process.returncode == 130, stdout + stderr
+    command = [*COMMAND, "train", str(config), "data.num_workers=2"]
+    interrupted, stdout, stderr = interrupt_after_first_step(command, work, plain_env(), run)
+    assert interrupted.returncode == 130, stdout + stderr
     assert "finetune train --resume" in stderr and "Traceback" not in stderr
     stopped = RunFolder(run).load_checkpoint().trainer
     assert 1 <= stopped.global_step < 8  # stopped inside the run, not at its end
@@ -234,7 +211,6 @@ def test_a_used_run_folder_is_refused_unless_overwrite(
     run = work / "reused"
     shutil.copytree(work / "straight", run)
     (run / "notes.txt").write_text("mine")
-    env = {**plain_env(), "FORCE_COLOR": "1"}  # rich's terminal mode: bars and a table
     done = finetune(
         "train",
         str(config),
@@ -242,7 +218,7 @@ def test_a_used_run_folder_is_refused_unless_overwrite(
         "schedule.epochs=1",
         "--overwrite",
         cwd=work,
-        env=env,
+        FORCE_COLOR="1",  # rich's terminal mode: colour and a table
     )
     assert done.returncode == 0, done.stderr
     assert "Training summary" in done.stdout and "\x1b[" in done.stdout
@@ -364,3 +340,78 @@ def test_a_lone_last_image_is_passed_over_in_training_with_a_note(tmp_path):
     done = finetune("train", str(config), "run.output_dir=run", cwd=tmp_path)  # 16 = 3 x 5 + 1
     assert done.returncode == 0, done.stderr
     assert "skipped a training batch of one image" in done.stdout
+
+
+PAUSED = "FINETUNE_TEST_PAUSE_IN_WRITE: paused"
+
+
+def kill_in_write(*args: str, cwd: Path, write: str) -> None:
+    """Run `finetune ARGS` and SIGKILL it inside the write `write` (NAME or NAME:N, the N-th
+    write of that file), its temporary file complete and not yet renamed."""
+    training = start(*args, cwd=cwd, FINETUNE_TEST_PAUSE_IN_WRITE=write)
+    training.wait_until(lambda out, err: PAUSED in err)
+    training.process.send_signal(signal.SIGKILL)
+    assert training.finish().returncode == -signal.SIGKILL
+
+
+def test_a_run_killed_at_any_moment_resumes_or_says_how_to_start_again(
+    work: Path, straight: subprocess.CompletedProcess
+):
+    config = write_config(work, "killed.yaml", run={"output_dir": "killed"})
+    run = work / "killed"
+    resume = ("train", "--resume", "killed")
+
+    def temporaries() -> list[str]:
+        return sorted(path.name.split(".")[1] for path in run.glob(".*.tmp"))
+
+    # Killed before an epoch was saved: there is nothing to resume, and the message says
+    # how to start again; starting again removes what the killed write left.
+    start = ("train", str(config), "--overwrite")
+    for write in ("config.yaml", "classes.json", "trainer_state.safetensors"):
+        kill_in_write(*start, cwd=work, write=write)
+        assert temporaries() == [write.split(".")[0]]
+        refused = finetune(*resume, cwd=work)
+        assert refused.returncode == 2, refused.stderr
+        assert "nothing to resume" in refused.stderr and "Traceback" not in refused.stderr
+        again = re.search(
+            r"finetune train (\S+) (run.output_dir=killed --overwrite)", refused.stderr
+        )
+        saved = again[1] != "CONFIG.yaml"  # the run's own config, once it was written
+        assert saved == (write != "config.yaml")
+        start = ("train", again[1] if saved else str(config), *again[2].split())
+
+    # Killed after the trainer state of epoch 1, before best.safetensors: the resume
+    # rewrites best from it, and stops mid-epoch 2.
+    kill_in_write(*start, cwd=work, write="best.safetensors")
+    assert not (run / "best.safetensors").exists()
+    training = start(*resume, cwd=work)
+    training.wait_until(lambda out, err: "epoch 2/2 batch 2/4" in out)
+    training.process.send_signal(signal.SIGKILL)
+    training.finish()
+    assert temporaries() == []
+    state = weights(run / "trainer_state.safetensors")
+    best = {f"model.{name}": array for name, array in weights(run / "best.safetensors").items()}
+    assert_identical(best, {name: state[name] for name in best})
+
+    # Killed while a resume drops the metrics rows of the lost epoch, then in the trainer
+    # state of epoch 2, with a metrics row torn by the kill, then in last.safetensors after it.
+    kill_in_write(*resume, cwd=work, write="metrics.jsonl")
+    kill_in_write(*resume, cwd=work, write="trainer_state.safetensors")
+    with open(run / "metrics.jsonl", "a") as metrics:
+        metrics.write('{"step": 9, "epo')
+    kill_in_write(*resume, cwd=work, write="last.safetensors:2")  # the first is at the resume
+
+    done = finetune(*resume, cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert "has finished its 2 epochs" in done.stdout
+    reference = work / "straight"
+    for name in ("last.safetensors", "best.safetensors"):
+        assert_identical(weights(run / name), weights(reference / name))
+    timeless = [
+        {k: v for k, v in row.items() if k not in {"time", "images_per_s"}} for row in rows(run)
+    ]
+    assert timeless == [
+        {k: v for k, v in row.items() if k not in {"time", "images_per_s"}}
+        for row in rows(reference)
+    ]
+    assert temporaries() == []

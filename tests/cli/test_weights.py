@@ -6,12 +6,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import os
-import re
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,20 +16,10 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+from _run_cli import finetune, words
 
 from cli.weights import OFFICIAL, hash_prefix
 from engine.io import load_safetensors
-
-
-def finetune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200"}
-    command = [sys.executable, "-m", "cli.main", *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def words(text: str) -> str:
-    """The text without box-drawing characters and line wrapping, for substring checks."""
-    return " ".join(re.sub("[\u2500-\u257f]", " ", text).split())
 
 
 @pytest.fixture
