@@ -182,6 +182,13 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Start over in a run folder that is not empty.")
     ] = False,
+    progress: Annotated[
+        Literal["auto", "bars", "plain"],
+        typer.Option(
+            "--progress",
+            help="Live bars, or plain lines for logs; auto: bars only on a terminal.",
+        ),
+    ] = "auto",
 ) -> None:
     """Train a model from a YAML config, writing checkpoints and metrics to a run folder."""
     from cli.train import train as run_training
@@ -202,7 +209,7 @@ def train(
         raise typer.BadParameter(
             "give a CONFIG.yaml, or --resume RUN_DIR", param_hint="CONFIG.yaml"
         )
-    run_training(config, overrides, resume=resume, overwrite=overwrite)
+    run_training(config, overrides, resume=resume, overwrite=overwrite, progress=progress)
 
 
 @verb(

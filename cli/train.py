@@ -25,6 +25,7 @@ from cli.data.mixing import mixes_batches
 from cli.errors import ConfigError, DataError
 from cli.reports.results import MetricsLog
 from cli.reports.run_report import RunReport
+from cli.terminal import ProgressMode, make_console
 from cli.training.build import Trainee, build
 from cli.training.distributed import Bystander, Job, agree, check_backend, connect
 from cli.training.features import Features, cached_features, head_only
@@ -50,6 +51,7 @@ def train(
     *,
     resume: Path | None = None,
     overwrite: bool = False,
+    progress: ProgressMode = "auto",
 ) -> None:
     """Train as the config says, or continue the run in the folder `resume`.
 
@@ -72,7 +74,7 @@ def train(
     agree(job.comm, _state_arrays(trainee), "the weights, buffers and optimizer state")
     job.sharding = Sharding(job.comm.rank, job.comm.size, config.data.micro_batches)
     job.sync_batchnorm = config.dist.batchnorm == "sync"
-    console = Console(quiet=job.comm.rank > 0)
+    console = make_console(progress, quiet=job.comm.rank > 0)
     forward, *loaders = _inputs(
         config, trainee, train_set, val_set, state.data_seed, folder, console, job
     )

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from cli.errors import FinetuneError
+from cli.terminal import make_console
 from engine.io import load_state_dict_file, save_safetensors
 
 BASE_URL = "https://download.pytorch.org/models/"
@@ -48,7 +49,7 @@ def fetch(
     A download is verified before it is kept; a `.pth` already there is verified
     and reused. Returns the safetensors path.
     """
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     url = url or BASE_URL + OFFICIAL[arch]
     name = Path(urlsplit(url).path).name
     if hash_prefix(name) is None:
@@ -112,7 +113,10 @@ def _download(url: str, dest: Path, console: Console) -> None:
         with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
             size = int(response.headers.get("Content-Length") or 0) or None
             columns = ("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
-            with dest.open("wb") as f, Progress(*columns, console=console, transient=True) as bar:
+            bar = Progress(
+                *columns, console=console, transient=True, disable=not console.is_interactive
+            )
+            with dest.open("wb") as f, bar:
                 task = bar.add_task(dest.name.removesuffix(".part"), total=size)
                 while chunk := response.read(CHUNK_BYTES):
                     f.write(chunk)

@@ -31,6 +31,7 @@ from cli.bench.floor import floor
 from cli.bench.report import profile_table, results_table, show, write_json
 from cli.bench.worker import MODEL_WORKLOADS
 from cli.errors import FinetuneError
+from cli.terminal import make_console
 
 ROOT = Path(__file__).resolve().parents[2]
 SYNTHETIC_IMAGES = 256
@@ -99,14 +100,14 @@ def measure(
 ) -> dict[Case, dict[str, list[Result]]]:
     """Each case's worker results per backend, over alternating rounds, with a progress bar."""
     runs = {case: {backend: [] for backend in backends(case, settings)} for case in cases}
-    stderr = Console(stderr=True)
+    stderr = make_console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     progress = Progress(
         *columns,
         TimeElapsedColumn(),
         console=stderr,
         transient=True,
-        disable=not stderr.is_terminal,
+        disable=not stderr.is_interactive,
     )
     with progress:
         task = progress.add_task("", total=settings.rounds * sum(map(len, runs.values())))

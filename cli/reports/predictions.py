@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 import engine
 from cli.data import DataLoader, ImageDataset
+from cli.terminal import make_console
 from engine import nn
 from engine.nn import functional as F
 
@@ -53,12 +53,14 @@ def predict_dataset(
     description: str = "evaluating",
 ) -> Predictions:
     """Run `model` (already in eval mode) over `dataset` in order, batch by batch, with a
-    progress bar on stderr. Images the dataset skips (unreadable; see ImageDataset) are left
-    out of the result."""
+    progress bar on stderr where someone watches (cli.terminal). Images the dataset skips
+    (unreadable; see ImageDataset) are left out of the result."""
     loader = DataLoader(_Numbered(dataset), batch_size, num_workers=num_workers)
     indices, rows = [], []
     columns = (description, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    stderr = make_console(stderr=True)
+    progress = Progress(*columns, console=stderr, transient=True, disable=not stderr.is_interactive)
+    with progress as bar:
         task = bar.add_task(description, total=len(loader))
         with engine.no_grad():
             for images, numbers in loader:

@@ -217,8 +217,9 @@ class FeatureCache:
 
     @contextlib.contextmanager
     def progress(self, split: str, total: int) -> Iterator[Callable[[int], None]]:
-        """Yield `advance(images)`: a bar on a terminal, else a line every `log_every` batches."""
-        if self.console.is_terminal:
+        """Yield `advance(images)`: a bar on an interactive console, else a line every
+        `log_every` batches."""
+        if self.console.is_interactive:
             columns = (
                 TextColumn("{task.description}"),
                 BarColumn(),

@@ -1,9 +1,9 @@
 """What the user sees while training, and the metrics rows behind it.
 
 The loop reports each step and epoch to a `Tracker`, which keeps the tallies,
-writes the metrics rows and passes them to a display: live bars when stdout
-is a terminal (`Bars`), otherwise one plain line per `run.log_every` batches
-and per epoch (`Lines`).
+writes the metrics rows and passes them to a display: live bars when the
+console is interactive (`Bars`; see cli.terminal), otherwise one plain line per
+`run.log_every` batches and per epoch (`Lines`).
 """
 
 from __future__ import annotations
@@ -158,10 +158,9 @@ class Bars(Display):
         super().end_epoch(row)
 
 
-def open_display(epochs: int, console: Console | None = None) -> Display:
-    """Bars when the console is a terminal, plain lines otherwise."""
-    console = console or Console()
-    return Bars(console, epochs) if console.is_terminal else Lines(console, epochs)
+def open_display(epochs: int, console: Console) -> Display:
+    """Bars when the console is interactive (cli.terminal), plain lines otherwise."""
+    return Bars(console, epochs) if console.is_interactive else Lines(console, epochs)
 
 
 class Tracker:

@@ -1,7 +1,8 @@
 """`finetune train` end to end, in a subprocess, on a tiny config (16 digits at 16x16, resnet18).
 
 Pins the run folder's contents, exact resume (after an epoch and after Ctrl-C
-mid-epoch), the NaN stop, the run-folder refusal and both output modes.
+mid-epoch), the NaN stop, the run-folder refusal, both output modes and
+kill -9 at every file write.
 """
 
 from __future__ import annotations
@@ -218,10 +219,12 @@ def test_a_used_run_folder_is_refused_unless_overwrite(
         "schedule.epochs=1",
         "--overwrite",
         cwd=work,
-        FORCE_COLOR="1",  # rich's terminal mode: colour and a table
+        FORCE_COLOR="1",
     )
     assert done.returncode == 0, done.stderr
     assert "Training summary" in done.stdout and "\x1b[" in done.stdout
+    # Colours, but no live bars: FORCE_COLOR (as in CI) does not mean someone watches.
+    assert "batch 4/4" in done.stdout and "━" not in done.stdout.split("Training summary")[0]
     assert (run / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
     assert [row["epoch"] for row in rows(run) if "step" not in row] == [1]
 
@@ -286,8 +289,9 @@ def test_clipping_smoothing_and_adamw_with_warm_up_run(work: Path):
         "optim.name=adamw",
         "optim.weight_decay=0.01",
     ]
-    done = finetune("train", str(config), *options, cwd=work)
+    done = finetune("train", str(config), *options, "--progress", "bars", cwd=work)
     assert done.returncode == 0, done.stderr
+    assert "━" in done.stdout and "batch 4/4" not in done.stdout  # bars, even into a pipe
     epochs = [row for row in rows(work / "options") if "step" not in row]
     assert [row["lr"] for row in epochs] == [0.005, 0.01]  # warm-up from lr / 2, then cosine
 
