@@ -231,6 +231,11 @@ def test_a_used_run_folder_is_refused_unless_overwrite(
 
 def test_a_frozen_backbone_trains_its_new_head_on_cached_features(work: Path, first_epoch: Path):
     # Transfer: the 1-epoch run's weights, everything frozen but a new 3-class head.
+    # One image per batch, so that both runs compute each image's features by the very same
+    # arithmetic: the cache in index order, the uncached run in shuffled batches. With larger
+    # batches the features would depend, at float32 round-off, on an image's batch mates (the
+    # matrix products' blocking and threading vary with the batch), so the heads would differ
+    # in their last bits on some machines and thread counts.
     config = write_config(
         work,
         "transfer.yaml",
@@ -240,7 +245,7 @@ def test_a_frozen_backbone_trains_its_new_head_on_cached_features(work: Path, fi
             "freeze": ["*"],
             "bn": "eval",
         },
-        data={"classes": ["2", "3", "4"]},
+        data={"classes": ["2", "3", "4"], "batch_size": 1},
     )
     for cache in ("true", "false"):
         done = finetune(
