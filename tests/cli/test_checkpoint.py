@@ -124,6 +124,15 @@ def test_resuming_drops_metrics_rows_written_after_the_checkpoint(tmp_path: Path
     assert kept == folder.metrics() == [{"step": 1, "epoch": 1}, {"epoch": 1}]
 
 
+def test_a_metrics_row_torn_by_a_kill_is_dropped(tmp_path: Path):
+    folder = RunFolder(tmp_path)
+    folder.append_metrics({"step": 1, "epoch": 1})
+    with open(tmp_path / "metrics.jsonl", "a") as metrics:
+        metrics.write('{"step": 2, "ep')
+    assert folder.keep_metrics(lambda row: True) == [{"step": 1, "epoch": 1}]
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "epoch": 1}\n'
+
+
 def test_a_used_folder_is_refused(tmp_path: Path):
     RunFolder.for_new_run(tmp_path / "new", overwrite=False)  # a missing folder is fine
     (tmp_path / "empty").mkdir()
