@@ -60,11 +60,9 @@ class Started:
         deadline = time.monotonic() + timeout
         while not ready(*self.output()):
             if self.process.poll() is not None:
-                out, err = self.output()
-                pytest.fail(f"finetune exited ({self.process.returncode}) too early:\n{out}{err}")
+                self.fail(f"finetune exited ({self.process.returncode}) too early")
             if time.monotonic() > deadline:
-                self.process.kill()
-                pytest.fail(f"finetune still not there after {timeout}s:\n{''.join(self.output())}")
+                self.fail(f"finetune still not there after {timeout}s")
             time.sleep(0.02)
 
     def finish(self, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -74,6 +72,12 @@ class Started:
         self.stdout.unlink()
         self.stderr.unlink()
         return subprocess.CompletedProcess(self.process.args, self.process.returncode, out, err)
+
+    def fail(self, why: str) -> None:
+        """Stop the child and fail the test, showing its output."""
+        self.process.kill()
+        done = self.finish()
+        pytest.fail(f"{why}:\n{done.stdout}{done.stderr}")
 
 
 def start(*args: str, cwd: Path, **env: str) -> Started:
