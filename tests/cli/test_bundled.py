@@ -11,7 +11,8 @@ import yaml
 from cli import bundled
 from cli.config import load_config
 from cli.errors import ConfigError
-from tests.cli.test_main import assert_clean_failure, finetune
+from tests.cli._run_cli import finetune
+from tests.cli.test_main import assert_clean_failure
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 NAMES = sorted(path.stem for path in CONFIGS.glob("*.yaml"))
