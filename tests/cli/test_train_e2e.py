@@ -375,9 +375,9 @@ def test_a_run_killed_at_any_moment_resumes_or_says_how_to_start_again(
 
     # Killed before an epoch was saved: there is nothing to resume, and the message says
     # how to start again; starting again removes what the killed write left.
-    start = ("train", str(config), "--overwrite")
+    fresh = ("train", str(config), "--overwrite")
     for write in ("config.yaml", "classes.json", "trainer_state.safetensors"):
-        kill_in_write(*start, cwd=work, write=write)
+        kill_in_write(*fresh, cwd=work, write=write)
         assert temporaries() == [write.split(".")[0]]
         refused = finetune(*resume, cwd=work)
         assert refused.returncode == 2, refused.stderr
@@ -387,11 +387,11 @@ def test_a_run_killed_at_any_moment_resumes_or_says_how_to_start_again(
         )
         saved = again[1] != "CONFIG.yaml"  # the run's own config, once it was written
         assert saved == (write != "config.yaml")
-        start = ("train", again[1] if saved else str(config), *again[2].split())
+        fresh = ("train", again[1] if saved else str(config), *again[2].split())
 
     # Killed after the trainer state of epoch 1, before best.safetensors: the resume
     # rewrites best from it, and stops mid-epoch 2.
-    kill_in_write(*start, cwd=work, write="best.safetensors")
+    kill_in_write(*fresh, cwd=work, write="best.safetensors")
     assert not (run / "best.safetensors").exists()
     training = start(*resume, cwd=work)
     training.wait_until(lambda out, err: "epoch 2/2 batch 2/4" in out)
