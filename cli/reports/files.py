@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.errors import FinetuneError
-from cli.training.run_folder import write_atomic
+from engine.io.atomic import write_atomic
 
 
 def _write(path: Path, text: str) -> Path:
