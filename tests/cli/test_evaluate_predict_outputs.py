@@ -11,12 +11,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _run_cli import words
 from PIL import Image
 from typer.testing import CliRunner, Result
 
@@ -85,10 +85,6 @@ def run_dir(tmp_path: Path, colours: Path, monkeypatch: pytest.MonkeyPatch) -> P
 
 def invoke(*args: str) -> Result:
     return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
-
-
-def words(text: str) -> str:
-    return " ".join(re.sub("[\u2500-\u257f]", " ", text).split())
 
 
 def test_evaluate_json_matches_the_hand_computed_confusion_matrix(
