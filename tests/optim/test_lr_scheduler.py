@@ -61,6 +61,17 @@ SCHEDULES: dict[str, Callable[[Any, Any], Any]] = {
         [s.LinearLR(opt, 0.5, total_iters=3), s.StepLR(opt, 2), s.MultiStepLR(opt, [2, 4])],
         milestones=[3, 10],
     ),
+    "onecycle": lambda s, opt: s.OneCycleLR(opt, max_lr=[0.5, 0.2], total_steps=STEPS),
+    "onecycle-linear-three-phase": lambda s, opt: s.OneCycleLR(
+        opt,
+        max_lr=0.4,
+        epochs=5,
+        steps_per_epoch=6,
+        pct_start=0.25,
+        anneal_strategy="linear",
+        three_phase=True,
+        div_factor=10.0,
+    ),
 }
 
 
@@ -156,8 +167,13 @@ def test_state_dict_round_trip_resumes_the_sequence(make: Callable) -> None:
 @pytest.mark.torch
 @pytest.mark.parametrize(
     "make",
-    [SCHEDULES["step"], SCHEDULES["cosine-eta-min"], SCHEDULES["warmup-then-cosine"]],
-    ids=["step", "cosine", "sequential"],
+    [
+        SCHEDULES["step"],
+        SCHEDULES["cosine-eta-min"],
+        SCHEDULES["warmup-then-cosine"],
+        SCHEDULES["onecycle"],
+    ],
+    ids=["step", "cosine", "sequential", "onecycle"],
 )
 def test_state_dict_matches_torch(torch: Any, make: Callable) -> None:
     def state(lib: Any) -> dict[str, Any]:
@@ -169,6 +185,82 @@ def test_state_dict_matches_torch(torch: Any, make: Callable) -> None:
         return _without_torch_keys(scheduler.state_dict())
 
     assert state(engine) == state(torch)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_onecycle_cycles_momentum_as_torch(torch: Any, optimizer: str) -> None:
+    """Momentum (SGD) or beta1 (Adam) moves against the learning rate, as in torch."""
+
+    def momenta(lib: Any) -> list:
+        param = lib.zeros(2, requires_grad=True)
+        opt = lib.optim.SGD([param], lr=0.1, momentum=0.9)
+        if optimizer == "adam":
+            opt = lib.optim.Adam([param], lr=0.1)
+        scheduler = lib.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=12)
+        key = "momentum" if optimizer == "sgd" else "betas"
+        seen = [opt.param_groups[0][key]]
+        for _ in range(12):
+            opt.step()
+            scheduler.step()
+            seen.append(opt.param_groups[0][key])
+        return seen
+
+    assert momenta(engine) == momenta(torch)
+
+
+METRICS = [1.0, 0.9, 0.95, 0.95, 0.97, 0.89, 0.9, 0.9, 0.9, 0.9, 0.8, 0.81, 0.82, 0.83, 0.84]
+PLATEAUS: dict[str, dict[str, Any]] = {
+    "min-rel": {"patience": 1},
+    "max-abs-cooldown": {
+        "mode": "max",
+        "threshold_mode": "abs",
+        "threshold": 0.01,
+        "cooldown": 2,
+        "patience": 0,
+        "factor": 0.5,
+    },
+    "min-lr-per-group": {"patience": 0, "factor": 0.2, "min_lr": [0.01, 0.001]},
+}
+
+
+def _plateau_sequence(lib: Any, options: dict[str, Any]) -> tuple[list, dict[str, Any]]:
+    opt = _optimizer(lib)
+    scheduler = lib.optim.lr_scheduler.ReduceLROnPlateau(opt, **options)
+    sequence = [scheduler.get_last_lr()]
+    for metric in METRICS:
+        opt.step()
+        scheduler.step(metric)
+        sequence.append(scheduler.get_last_lr())
+        assert [g["lr"] for g in opt.param_groups] == sequence[-1]
+    return sequence, scheduler.state_dict()
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("options", PLATEAUS.values(), ids=PLATEAUS.keys())
+def test_plateau_matches_torch(torch: Any, options: dict[str, Any]) -> None:
+    ours, our_state = _plateau_sequence(engine, options)
+    theirs, their_state = _plateau_sequence(torch, options)
+    assert ours == theirs
+    assert our_state == _without_torch_keys(their_state)
+
+
+def test_plateau_reduces_after_patience_and_resumes_from_its_state_dict() -> None:
+    full, _ = _plateau_sequence(engine, {"patience": 1})
+    assert full[2] == full[0] and full[4] == [lr * 0.1 for lr in full[0]]
+
+    opt = _optimizer(engine)
+    scheduler = engine.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=1)
+    for metric in METRICS[:6]:
+        scheduler.step(metric)
+    saved, opt_saved = copy.deepcopy(scheduler.state_dict()), copy.deepcopy(opt.state_dict())
+    resumed_opt = _optimizer(engine)
+    resumed = engine.optim.lr_scheduler.ReduceLROnPlateau(resumed_opt, patience=1)
+    resumed.load_state_dict(saved)
+    resumed_opt.load_state_dict(opt_saved)
+    for epoch, metric in enumerate(METRICS[6:], start=7):
+        resumed.step(metric)
+        assert resumed.get_last_lr() == full[epoch]
 
 
 def _without_torch_keys(state: dict[str, Any]) -> dict[str, Any]:
@@ -217,3 +309,16 @@ def test_errors() -> None:
         sched.SequentialLR(opt, [step], milestones=[3])
     with pytest.raises(ValueError, match="to belong to the same optimizer"):
         sched.SequentialLR(opt, [sched.StepLR(_optimizer(engine), 2)], milestones=[])
+    with pytest.raises(ValueError, match="either total_steps OR"):
+        sched.OneCycleLR(opt, max_lr=1.0)
+    with pytest.raises(ValueError, match="max_lr must have the same length"):
+        sched.OneCycleLR(opt, max_lr=[1.0], total_steps=3)
+    onecycle = sched.OneCycleLR(opt, max_lr=1.0, total_steps=2)
+    onecycle.step()
+    onecycle.step()
+    with pytest.raises(ValueError, match="^Tried to step 3 times"):
+        onecycle.step()
+    with pytest.raises(ValueError, match="^Factor should be < 1.0.$"):
+        sched.ReduceLROnPlateau(opt, factor=1.0)
+    with pytest.raises(ValueError, match="^mode sideways is unknown!$"):
+        sched.ReduceLROnPlateau(opt, mode="sideways")
