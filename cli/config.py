@@ -73,6 +73,30 @@ class Range:
 
 
 @dataclass(frozen=True)
+class ClassNames:
+    """Mapping keys that must be class names of the data, when the data section names them."""
+
+    def apply(self, value: dict[str, Any], ctx: _Context) -> dict[str, Any]:
+        data = ctx.sections.get("data")
+        known = None if data is None else known_classes(data)
+        problem = None if known is None else unknown_classes(value, known)
+        if problem:
+            raise _Invalid(problem)
+        return value
+
+
+def unknown_classes(names: Iterable[str], known: Sequence[str]) -> str | None:
+    """What is wrong with `names` that are not among the class names `known`, if any."""
+    unknown = [name for name in names if name not in known]
+    if not unknown:
+        return None
+    hint = _did_you_mean(unknown[0], known) if len(unknown) == 1 else ""
+    return (
+        f"no class {', '.join(map(repr, unknown))} in the data (classes: {', '.join(known)}){hint}"
+    )
+
+
+@dataclass(frozen=True)
 class Existing:
     """A path that must exist (`kind` "file", "dir" or "any"), next to the config or in the CWD."""
 
@@ -294,6 +318,8 @@ class DataConfig(_Section):
     0..k-1 in the listed order. `limit` caps the number of training images.
     `num_workers` threads decode images. `cache_features` allows training to
     compute a frozen backbone's features once, when nothing changes them.
+    `sampler: balanced` draws each epoch's images with replacement, each with a
+    probability inversely proportional to its class's frequency.
     """
 
     dataset: Literal["digits", "imagefolder", "cifar10", "npz"] = "digits"
@@ -311,6 +337,7 @@ class DataConfig(_Section):
     cache_features: bool = True
     limit: PositiveInt | None = None
     micro_batches: PositiveInt = 1
+    sampler: Literal["shuffle", "balanced"] = "shuffle"
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.dataset != "digits":
@@ -354,7 +381,14 @@ class ParamGroup(_Section):
 
 @dataclass(frozen=True)
 class OptimConfig(_Section):
-    """The optimizer, as torch.optim would be built. `betas`/`eps` are Adam's, `momentum` SGD's."""
+    """The optimizer, as torch.optim would be built. `betas`/`eps` are Adam's, `momentum` SGD's.
+
+    `backbone_lr_scale` is the learning rate, relative to the head's, of the parameters that
+    schedule.unfreeze_at_epoch unfreezes. `layer_decay` r instead gives each ResNet stage,
+    going back from the head, r times the learning rate of the next one (timm's
+    --layer-decay: fc 1, layer4 r, layer3 r^2, ..., conv1/bn1 r^5), whether or not
+    anything is frozen first.
+    """
 
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: PositiveFloat = 0.01
@@ -364,6 +398,8 @@ class OptimConfig(_Section):
     betas: tuple[Coefficient, Coefficient] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
     groups: tuple[ParamGroup, ...] = ()
+    backbone_lr_scale: PositiveFloat = 0.1
+    layer_decay: Annotated[float, Range(gt=0, le=1)] | None = None
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.nesterov and (self.name != "sgd" or self.momentum == 0):
@@ -371,20 +407,48 @@ class OptimConfig(_Section):
 
 
 @dataclass(frozen=True)
+class EarlyStoppingConfig(_Section):
+    """Stop once `metric` has not improved by more than `min_delta` for `patience` epochs."""
+
+    metric: Literal["val_loss", "val_acc"] = "val_loss"
+    patience: PositiveInt = 3
+    min_delta: NonNegativeFloat = 0.0
+
+
+@dataclass(frozen=True)
 class ScheduleConfig(_Section):
-    """How long to train and how the learning rate moves (per epoch)."""
+    """How long to train, how the learning rate moves, and the fine-tuning recipe.
+
+    Schedulers step per epoch, except onecycle (per batch, torch's OneCycleLR peaking at
+    optim.lr after warmup_epochs, or 30% of the run) and plateau (ReduceLROnPlateau on
+    the validation loss: lr times `gamma` after `plateau_patience` epochs without
+    improvement). `unfreeze_at_epoch` N trains what model.freeze leaves trainable until
+    epoch N, then every parameter. `class_weights` weighs the loss per class: "auto"
+    (inverse frequency, scikit-learn's "balanced") or {class name: weight}, others 1.
+    """
 
     epochs: PositiveInt = 10
-    scheduler: Literal["none", "step", "cosine"] = "none"
+    scheduler: Literal["none", "step", "cosine", "onecycle", "plateau"] = "none"
     step_size: PositiveInt = 30
     gamma: PositiveFloat = 0.1
+    plateau_patience: NonNegativeInt = 2
     warmup_epochs: NonNegativeInt = 0
     label_smoothing: Annotated[float, Range(ge=0, le=1)] = 0.0
     grad_clip: PositiveFloat | None = None
+    unfreeze_at_epoch: NonNegativeInt | None = None
+    early_stopping: EarlyStoppingConfig | None = None
+    class_weights: Literal["auto"] | Annotated[dict[str, PositiveFloat], ClassNames()] | None = None
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.warmup_epochs and self.warmup_epochs >= self.epochs:
             yield "warmup_epochs", f"must be less than schedule.epochs ({self.epochs})"
+        if self.warmup_epochs and self.scheduler == "plateau":
+            yield "warmup_epochs", "cannot be combined with scheduler 'plateau'; set it to 0"
+        if self.scheduler == "plateau" and self.gamma >= 1:
+            yield (
+                "gamma",
+                f"must be < 1 with scheduler 'plateau' (the lr's factor), got {self.gamma}",
+            )
 
 
 @dataclass(frozen=True)
@@ -393,6 +457,8 @@ class RunConfig(_Section):
 
     `plots` draws the run's pictures at the end of training; `tensorboard` writes event
     files under RUN/tensorboard/.
+    `best_metric` chooses the epoch best.safetensors keeps (the training one without
+    validation images).
     """
 
     seed: NonNegativeInt = 0
@@ -401,6 +467,7 @@ class RunConfig(_Section):
     checkpoint_every: PositiveInt = 1
     plots: bool = True
     tensorboard: bool = False
+    best_metric: Literal["val_acc", "val_loss"] = "val_acc"
 
 
 @dataclass(frozen=True)
@@ -449,6 +516,13 @@ class Config(_Section):
         return _validate(data, _Context(source, base_dir, check_files))
 
 
+def known_classes(data: DataConfig) -> tuple[str, ...] | None:
+    """The class names a data config trains on, when known without reading the data."""
+    if data.classes is not None:
+        return data.classes
+    return tuple(map(str, range(10))) if data.dataset == "digits" else None
+
+
 # ------------------------------------------------------------------ validator
 
 _MISSING = object()
@@ -464,6 +538,7 @@ class _Context:
     check_files: bool
     problems: list[str] = field(default_factory=list)
     overrides: dict[str, str] = field(default_factory=dict)
+    sections: dict[str, Any] = field(default_factory=dict)  # those converted so far, by key
 
     def search_dirs(self) -> list[Path]:
         dirs = (self.base_dir, Path.cwd())
@@ -527,9 +602,13 @@ def _convert(tp: Any, value: Any, key: str, ctx: _Context) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        if len(inner) > 1:
+        if len(inner) == 1:
+            return _convert(inner[0], value, key, ctx)
+        if all(isinstance(a, type) and issubclass(a, Named) for a in inner):
             return _convert_named(inner, value, key, ctx)
-        return _convert(inner[0], value, key, ctx)
+        return _convert_union(inner, value, key, ctx)
+    if origin is dict:
+        return _convert_mapping(args[1], value, key, ctx)
     if origin is Literal:
         if isinstance(value, str) and value in args:
             return value
@@ -561,6 +640,7 @@ def _convert_section(cls: type, value: Any, key: str, ctx: _Context) -> Any:
     section = cls(**kwargs)
     for name, message in section.problems():
         ctx.report(_join(key, name), message)
+    ctx.sections[key] = section
     return section
 
 
@@ -577,6 +657,37 @@ def _convert_named(choices: list[type[Named]], value: Any, key: str, ctx: _Conte
         hint = _did_you_mean(str(name), by_name)
         raise _Invalid(f"unknown {name!r} (known: {', '.join(by_name)}){hint}")
     return _convert_section(by_name[name], options, _join(key, name), ctx)
+
+
+def _convert_union(options: list[Any], value: Any, key: str, ctx: _Context) -> Any:
+    """A mapping goes to the mapping option, anything else to the others, tried in order."""
+    mappings = [o for o in options if _is_mapping(o)]
+    if isinstance(value, Mapping) and mappings:
+        return _convert(mappings[0], value, key, ctx)
+    others = [o for o in options if o not in mappings]
+    for option in others[:-1]:
+        try:
+            return _convert(option, value, key, ctx)
+        except _Invalid:
+            pass
+    try:
+        return _convert(others[-1], value, key, ctx)
+    except _Invalid as problem:
+        raise _Invalid(f"{problem}, or a mapping" if mappings else str(problem)) from None
+
+
+def _is_mapping(tp: Any) -> bool:
+    if get_origin(tp) is Annotated:
+        return _is_mapping(get_args(tp)[0])
+    return get_origin(tp) is dict or dataclasses.is_dataclass(tp)
+
+
+def _convert_mapping(item_type: Any, value: Any, key: str, ctx: _Context) -> Any:
+    """A mapping with string keys (numbers, as YAML reads `5:`, become their text)."""
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"expected a mapping, got {value!r}")
+    items = {str(k): _check(item_type, v, _join(key, k), ctx) for k, v in value.items()}
+    return {k: v for k, v in items.items() if v is not _MISSING}  # its keys are still checked
 
 
 def _convert_list(args: tuple[Any, ...], value: Any, key: str, ctx: _Context) -> Any:

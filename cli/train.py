@@ -11,6 +11,7 @@ The loop itself, Ctrl-C and NaN handling are in cli.training.loop.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -22,15 +23,18 @@ import engine
 from cli.config import Config, load_config
 from cli.data import ImageDataset, build_datasets
 from cli.data.mixing import mixes_batches
+from cli.data.sampler import BalancedSampler
 from cli.errors import ConfigError, DataError
 from cli.reports.results import MetricsLog
 from cli.reports.run_report import RunReport
 from cli.terminal import ProgressMode, make_console
 from cli.training.build import Trainee, build
+from cli.training.class_weights import class_weights
 from cli.training.distributed import Bystander, Job, agree, check_backend, connect
 from cli.training.features import Features, cached_features, head_only
-from cli.training.loop import Forward, StopRequest, Trainer
+from cli.training.loop import Inputs, StopRequest, Trainer
 from cli.training.progress import Row, Tracker, open_display
+from cli.training.recipe import Recipe
 from cli.training.run_folder import (
     BEST,
     CONFIG,
@@ -62,26 +66,31 @@ def train(
     if job.comm.rank == 0:  # rank 0 alone reads, checks and writes the run folder
         config, folder, source = _open(config_path, overrides, resume, overwrite)
         job.comm = check_backend(config.dist, job.comm)
-        trainee, (train_set, val_set, class_names) = _build(config, source)
+        trainee, (train_set, val_set, class_names) = prepare(config, source)
         start, history = _begin(config, folder, resume, trainee, train_set, class_names)
         job.comm.broadcast((config, source, start, history))
     else:
         config, source, start, history = job.comm.broadcast(None)
         folder = Bystander(config.run.output_dir)
-        trainee, (train_set, val_set, class_names) = _build(config, source)
+        trainee, (train_set, val_set, class_names) = prepare(config, source)
         _load(trainee, start)
     state = start.trainer
     agree(job.comm, _state_arrays(trainee), "the weights, buffers and optimizer state")
     job.sharding = Sharding(job.comm.rank, job.comm.size, config.data.micro_batches)
     job.sync_batchnorm = config.dist.batchnorm == "sync"
     console = make_console(progress, quiet=job.comm.rank > 0)
-    forward, *loaders = _inputs(
-        config, trainee, train_set, val_set, state.data_seed, folder, console, job
-    )
+    recipe = Recipe(config, trainee, state, note=lambda text: console.print(text, markup=False))
+    recipe.enter(state.epoch)
+
+    def inputs() -> Inputs:
+        return _inputs(config, trainee, train_set, val_set, state.data_seed, folder, console, job)
+
+    forward, *loaders = inputs()
     with (
         open_display(config.schedule.epochs, console) as display,
         MetricsLog(folder, config, console, writes=job.comm.rank == 0) as log,
     ):
+        recipe.note = display.note
         tracker = Tracker(
             state,
             display,
@@ -91,7 +100,18 @@ def train(
         )
         with StopRequest() as stop, job.comm.watchdog(config.dist.timeout_s) or nullcontext():
             trainer = Trainer(
-                config, trainee, forward, state, folder, *loaders, tracker, stop, history, job
+                config,
+                trainee,
+                forward,
+                state,
+                folder,
+                *loaders,
+                tracker,
+                stop,
+                history,
+                recipe,
+                inputs,
+                job,
             )
             display.note(trainer.describe(resumed=resume is not None))
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -115,15 +135,19 @@ def _open(
     return folder.resume_config(overrides), folder, folder.path / CONFIG
 
 
-def _build(
+def prepare(
     config: Config, source: Path
 ) -> tuple[Trainee, tuple[ImageDataset, ImageDataset, list[str]]]:
-    """The model, optimizer and scheduler, and the datasets, checked against the config."""
+    """The model, optimizer, scheduler and loss weights, and the datasets, checked against the
+    config; problems name the config file `source`."""
     with _naming_the_file(source):
-        engine.manual_seed(config.run.seed)
-        trainee = build(config)
         datasets = build_datasets(config.data, config.run.seed)
-        _check_data(config, datasets[0], datasets[2])
+        train_set, _, class_names = datasets
+        engine.manual_seed(config.run.seed)
+        trainee = build(config, math.ceil(len(train_set) / config.data.batch_size))
+        _check_data(config, train_set, class_names)
+        weight = class_weights(config.schedule.class_weights, class_names, train_set.labels)
+        trainee.class_weight = None if weight is None else engine.from_numpy(weight)
     return trainee, datasets
 
 
@@ -144,11 +168,10 @@ def _begin(
     else:
         state, history = _restore(folder, trainee, identity)
         folder.save_config(config)  # with the epochs a resume may add
-    scheduler = trainee.scheduler
     start = Checkpoint(
         model=trainee.model.state_dict(),
         optimizer=trainee.optimizer.state_dict(),
-        scheduler=None if scheduler is None else scheduler.state_dict(),
+        scheduler=trainee.scheduler.state_dict(),
         trainer=state,
     )
     return start, history
@@ -173,16 +196,24 @@ def _inputs(
     folder: RunFolder,
     console: Console,
     job: Job,
-) -> tuple[Forward, ShardedLoader, ShardedLoader]:
+) -> Inputs:
     """What the loop calls on each batch, and the training and validation loaders: the model
     on images or, when only the head trains, the head on features cached in the run folder
     (cli.training.features; computed before the progress display opens, with a bar of their own;
     in a job of several processes by rank 0, which sends them to the others)."""
     data = config.data
 
+    sampler = BalancedSampler(train_set.labels, seed) if data.sampler == "balanced" else None
+
     def loader(dataset: ImageDataset | Features, shuffle: bool) -> ShardedLoader:
         return ShardedLoader(
-            dataset, data.batch_size, job.sharding, shuffle, seed, data.num_workers
+            dataset,
+            data.batch_size,
+            job.sharding,
+            shuffle,
+            seed,
+            data.num_workers,
+            sampler=sampler if shuffle else None,
         )
 
     model = trainee.model
@@ -246,8 +277,7 @@ def _load(trainee: Trainee, checkpoint: Checkpoint) -> None:
     """Put a checkpoint's model, optimizer, scheduler and random state in place."""
     trainee.model.load_state_dict(checkpoint.model)
     trainee.optimizer.load_state_dict(checkpoint.optimizer)
-    if trainee.scheduler is not None:
-        trainee.scheduler.load_state_dict(checkpoint.scheduler)
+    trainee.scheduler.load_state_dict(checkpoint.scheduler)
     if checkpoint.trainer.rng:
         engine.set_rng_state(checkpoint.trainer.rng)
 

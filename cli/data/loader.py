@@ -17,6 +17,7 @@ from contextlib import closing
 import numpy as np
 
 from cli.data.dataset import ImageDataset
+from cli.data.sampler import BalancedSampler
 
 Batch = tuple[np.ndarray, np.ndarray]
 
@@ -38,7 +39,8 @@ class DataLoader:
     one). With `num_workers` > 0, batches are decoded by that many threads,
     up to `2 * num_workers` batches ahead; Pillow and NumPy release the GIL
     while they work. Images the dataset skips (unreadable, with
-    on_bad_image=skip) leave their batch short.
+    on_bad_image=skip) leave their batch short. A `sampler` gives each epoch's
+    order instead of the shuffle.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class DataLoader:
         seed: int = 0,
         num_workers: int = 0,
         drop_last: bool = False,
+        sampler: BalancedSampler | None = None,
     ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
@@ -56,6 +59,7 @@ class DataLoader:
         self.seed = seed
         self.num_workers = num_workers
         self.drop_last = drop_last
+        self.sampler = sampler
         self.epoch = 0
         self.start_batch = 0
 
@@ -83,7 +87,10 @@ class DataLoader:
     def _chunks(self) -> Iterator[np.ndarray]:
         """The sample indices of each remaining batch of the epoch."""
         size = len(self.dataset)
-        order = epoch_order(size, self.seed, self.epoch) if self.shuffle else np.arange(size)
+        if self.sampler is not None:
+            order = self.sampler.order(self.epoch)
+        else:
+            order = epoch_order(size, self.seed, self.epoch) if self.shuffle else np.arange(size)
         for batch in range(self.start_batch, len(self)):
             yield order[batch * self.batch_size : (batch + 1) * self.batch_size]
 

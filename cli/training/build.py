@@ -3,17 +3,22 @@
 The model is built as the seed does it by hand: load the weights, freeze by
 name pattern, then swap in a new `fc` when the head does not have
 `model.num_classes` outputs (or `model.new_head` asks for one), so a new head
-is always trainable.
+is always trainable. With `schedule.unfreeze_at_epoch`, the frozen parameters are
+in the optimizer from the start, in param groups of their own at their scaled
+learning rates: they are skipped (no gradient) until the loop unfreezes them, and
+the one scheduler moves every group's rate through the whole run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
+import engine
 from cli.config import Config, ModelConfig, OptimConfig, ScheduleConfig
 from cli.errors import ConfigError
+from cli.training.schedule import Schedule
 from engine import models, nn, optim
 from engine.io import WeightsError, load_state_dict_file
 from engine.optim import lr_scheduler
@@ -23,12 +28,24 @@ ARCHS = {"resnet18": models.resnet18, "resnet34": models.resnet34, "resnet50": m
 
 @dataclass
 class Trainee:
-    """What the loop trains, and the BatchNorm layers kept in eval mode while it does."""
+    """What the loop trains, the BatchNorm layers kept in eval mode while it does, the
+    parameters frozen until schedule.unfreeze_at_epoch, and the loss's class weights."""
 
     model: nn.Module
     optimizer: optim.Optimizer
-    scheduler: lr_scheduler.LRScheduler | None
+    scheduler: Schedule
     frozen_batchnorms: list[nn.Module]
+    later: list[nn.Parameter] = field(default_factory=list)
+    class_weight: engine.Tensor | None = None
+
+    @property
+    def unfrozen(self) -> bool:
+        """Whether the parameters frozen until unfreeze_at_epoch train now."""
+        return bool(self.later) and self.later[0].requires_grad
+
+    def unfreeze(self) -> None:
+        for param in self.later:
+            param.requires_grad = True
 
     def train_mode(self) -> None:
         """model.train(), except the BatchNorm layers that stay in eval mode."""
@@ -41,16 +58,41 @@ class Trainee:
         return [p for p in self.model.parameters() if p.requires_grad]
 
 
-def build(config: Config) -> Trainee:
-    """Model, optimizer and scheduler for `config` (seed the engine first for a repeatable init)."""
+def build(config: Config, batches_per_epoch: int = 1) -> Trainee:
+    """Model, optimizer and scheduler for `config` (seed the engine first for a repeatable init).
+
+    `batches_per_epoch` sizes a per-batch (onecycle) schedule.
+    """
     model = build_model(config.model)
-    optimizer = build_optimizer(config.optim, model)
+    later = unfrozen_later(model, config.schedule)
+    optimizer = build_optimizer(config.optim, model, later)
+    schedule = config.schedule
     return Trainee(
         model=model,
         optimizer=optimizer,
-        scheduler=build_scheduler(config.schedule, optimizer),
+        scheduler=Schedule(
+            build_scheduler(schedule, optimizer, batches_per_epoch),
+            per_batch=schedule.scheduler == "onecycle",
+            monitor="val_loss" if schedule.scheduler == "plateau" else None,
+        ),
         frozen_batchnorms=frozen_batchnorms(model) if config.model.bn == "eval" else [],
+        later=[param for name, param in model.named_parameters() if name in later],
     )
+
+
+def unfrozen_later(model: nn.Module, cfg: ScheduleConfig) -> set[str]:
+    """Names of the parameters frozen now that schedule.unfreeze_at_epoch will unfreeze."""
+    if cfg.unfreeze_at_epoch is None:
+        return set()
+    later = {name for name, p in model.named_parameters() if not p.requires_grad}
+    if not later:
+        raise ConfigError(
+            [
+                "schedule.unfreeze_at_epoch: model.freeze leaves nothing frozen, so there is "
+                "nothing to unfreeze (freeze the backbone first, e.g. model.freeze: ['*'])"
+            ]
+        )
+    return later
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -101,9 +143,11 @@ def frozen_batchnorms(model: nn.Module) -> list[nn.Module]:
     ]
 
 
-def build_optimizer(cfg: OptimConfig, model: nn.Module) -> optim.Optimizer:
-    """The optimizer over the trainable parameters, in the param groups `cfg.groups` define."""
-    groups = param_groups(cfg, model)
+def build_optimizer(
+    cfg: OptimConfig, model: nn.Module, later: set[str] = frozenset()
+) -> optim.Optimizer:
+    """The optimizer over the trainable parameters and those in `later`, in param groups."""
+    groups = param_groups(cfg, model, later)
     if cfg.name == "sgd":
         return optim.SGD(
             groups,
@@ -116,19 +160,22 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module) -> optim.Optimizer:
     return adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
-def param_groups(cfg: OptimConfig, model: nn.Module) -> list[dict[str, Any]]:
-    """Trainable parameters, each in the first group with a matching pattern.
+def param_groups(
+    cfg: OptimConfig, model: nn.Module, later: set[str] = frozenset()
+) -> list[dict[str, Any]]:
+    """Trainable parameters (and those in `later`), each in the first group with a matching
+    pattern, split by learning-rate scale (`lr_scale`), the largest scale first.
 
     The parameters no group claims come first, with optim's top-level values.
     """
-    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if not trainable:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or n in later]
+    if len(named) == len(later):
         raise ConfigError(["model.freeze: every parameter is frozen; nothing would train"])
-    claimed: list[list[nn.Parameter]] = [[] for _ in cfg.groups]
+    claimed: list[list[tuple[str, nn.Parameter]]] = [[] for _ in cfg.groups]
     rest = []
-    for name, param in trainable:
+    for name, param in named:
         index = next((i for i, g in enumerate(cfg.groups) if matches(name, g.params)), None)
-        (rest if index is None else claimed[index]).append(param)
+        (rest if index is None else claimed[index]).append((name, param))
     empty = [
         f"optim.groups[{i}].params: {list(g.params)} match no trainable parameter"
         for i, (g, params) in enumerate(zip(cfg.groups, claimed, strict=True))
@@ -136,23 +183,71 @@ def param_groups(cfg: OptimConfig, model: nn.Module) -> list[dict[str, Any]]:
     ]
     if empty:
         raise ConfigError(empty)
-    groups = [{"params": rest}] if rest else []
+    groups = _scaled(cfg, rest, {}, later)
     for group, params in zip(cfg.groups, claimed, strict=True):
         settings = {"lr": group.lr, "weight_decay": group.weight_decay}
         if cfg.name == "sgd":
             settings["momentum"] = group.momentum
-        groups.append({"params": params, **{k: v for k, v in settings.items() if v is not None}})
+        settings = {k: v for k, v in settings.items() if v is not None}
+        groups += _scaled(cfg, params, settings, later)
     return groups
 
 
+def _scaled(
+    cfg: OptimConfig,
+    named: list[tuple[str, nn.Parameter]],
+    settings: dict[str, Any],
+    later: set[str],
+) -> list[dict[str, Any]]:
+    """One param group per learning-rate scale among `named`, the largest first."""
+    by_scale: dict[float, list[nn.Parameter]] = {}
+    for name, param in named:
+        by_scale.setdefault(lr_scale(name, cfg, later), []).append(param)
+    groups = []
+    for scale in sorted(by_scale, reverse=True):
+        scaled = {"lr": settings.get("lr", cfg.lr) * scale} if scale != 1 else {}
+        groups.append({"params": by_scale[scale], **settings, **scaled})
+    return groups
+
+
+RESNET_STAGES = ("fc", "layer4", "layer3", "layer2", "layer1")
+"""The ResNet's stages from the head back; what comes before layer1 (conv1, bn1) is the last."""
+
+
+def lr_scale(name: str, cfg: OptimConfig, later: set[str]) -> float:
+    """A parameter's learning rate relative to its group's: optim.layer_decay to the power of
+    its stage's distance from the head, or optim.backbone_lr_scale if it trains only after
+    schedule.unfreeze_at_epoch, else 1."""
+    if cfg.layer_decay is not None:
+        top = name.split(".")[0]
+        depth = RESNET_STAGES.index(top) if top in RESNET_STAGES else len(RESNET_STAGES)
+        return cfg.layer_decay**depth
+    return cfg.backbone_lr_scale if name in later else 1.0
+
+
 def build_scheduler(
-    cfg: ScheduleConfig, optimizer: optim.Optimizer
+    cfg: ScheduleConfig, optimizer: optim.Optimizer, batches_per_epoch: int = 1
 ) -> lr_scheduler.LRScheduler | None:
-    """The per-epoch learning-rate schedule: a linear warm-up, then the main scheduler.
+    """The learning-rate schedule: a linear warm-up, then the main scheduler.
 
     Warm-up goes from lr / (warmup_epochs + 1) up to lr in `warmup_epochs`
     epochs; a cosine schedule then anneals to 0 over the remaining epochs.
+    One cycle spans every batch of the run, each group peaking at its own lr
+    after warmup_epochs (or torch's 30% of the run); plateau lowers the rates
+    by `gamma` after `plateau_patience` epochs without a lower validation loss.
     """
+    if cfg.scheduler == "onecycle":
+        return lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=cfg.epochs * batches_per_epoch,
+            pct_start=cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs else 0.3,
+            cycle_momentum="betas" in optimizer.defaults or optimizer.defaults["momentum"] > 0,
+        )
+    if cfg.scheduler == "plateau":
+        return lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=cfg.gamma, patience=cfg.plateau_patience
+        )
     warmup = None
     if cfg.warmup_epochs:
         warmup = lr_scheduler.LinearLR(

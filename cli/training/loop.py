@@ -26,6 +26,7 @@ from cli.errors import FinetuneError
 from cli.training.build import Trainee
 from cli.training.distributed import Job
 from cli.training.progress import Row, Tracker
+from cli.training.recipe import Recipe
 from cli.training.reduction import StepReduction
 from cli.training.run_folder import BEST, LAST, Checkpoint, RunFolder, Tally, TrainerState
 from cli.training.sharding import ShardedLoader
@@ -34,6 +35,7 @@ from engine.nn import functional as F
 from engine.nn.utils import clip_grad_norm_
 
 Forward = Callable[[engine.Tensor], engine.Tensor]
+Inputs = tuple[Forward, ShardedLoader, ShardedLoader]
 
 
 LONE_IMAGE = (
@@ -69,22 +71,35 @@ class Trainer:
     tracker: Tracker
     stop: StopRequest
     history: list[Row]
+    recipe: Recipe
+    inputs: Callable[[], Inputs]  # forward and loaders for what trains now (see Recipe.enter)
     job: Job = field(default_factory=Job)
 
     def __post_init__(self) -> None:
         smoothing = self.config.schedule.label_smoothing
-        self.criterion = functools.partial(F.cross_entropy, label_smoothing=smoothing)
+        self.criterion = functools.partial(
+            F.cross_entropy, weight=self.trainee.class_weight, label_smoothing=smoothing
+        )
         self.mixing = BatchMixing.from_config(
             self.config.data.augment, self.config.model.num_classes, self.state.data_seed
         )
         resumed = self.state.global_step > 0
         self.last_saved = self.position() if resumed else None
+        self.use((self.forward, self.train_loader, self.val_loader))
+
+    def use(self, inputs: Inputs) -> None:
+        """Train `forward` on these loaders from now on (the backbone's unfreezing swaps them)."""
+        self.forward, self.train_loader, self.val_loader = inputs
         self.reduction = StepReduction(self.job.comm, self.forward, self.job.sharding.shards)
 
     def fit(self) -> None:
         """Train the remaining epochs; validate, step the scheduler and save after each."""
         try:
             for epoch in range(self.state.epoch, self.config.schedule.epochs):
+                if self.state.stopped_early:
+                    break
+                if self.recipe.enter(epoch):
+                    self.use(self.inputs())
                 self.train_loader.set_epoch(epoch, start_batch=self.state.batch)
                 self.tracker.begin_epoch(len(self.train_loader))
                 self.train_epoch()
@@ -121,6 +136,7 @@ class Trainer:
                     clip_grad_norm_(self.trainee.trainable, clip)
                 optimizer.step()
                 self.tracker.step(step.loss, step.correct, step.images)
+                self.trainee.scheduler.after_batch()
             else:  # a lone image, which BatchNorm cannot normalise, or none readable
                 self.tracker.skip(LONE_IMAGE)
             self.stop_if_requested(step.stop)
@@ -156,16 +172,14 @@ class Trainer:
         """Record the epoch, step the scheduler, keep the best weights, save when due."""
         row = self.tracker.end_epoch(val)
         self.history.append(row)
-        if self.trainee.scheduler is not None:
-            self.trainee.scheduler.step()
+        self.trainee.scheduler.after_epoch(row)
+        improved = self.recipe.is_best(row)
+        self.recipe.end_epoch(row)
         state = self.state
-        score = row["train_acc"] if val is None else row["val_acc"]
-        improved = state.best_accuracy is None or score > state.best_accuracy
-        if improved:
-            state.best_accuracy, state.best_epoch = score, row["epoch"]
         state.start_next_epoch()
         epochs = self.config.schedule.epochs
-        if state.epoch % self.config.run.checkpoint_every == 0 or state.epoch == epochs:
+        due = state.epoch % self.config.run.checkpoint_every == 0 or state.epoch == epochs
+        if due or state.stopped_early:
             self.save()
         if improved:
             self.folder.save_weights(BEST, self.trainee.model.state_dict())
@@ -177,13 +191,12 @@ class Trainer:
         (and `best`) from the trainer state (RunFolder.restore_weights_files).
         """
         weights = self.trainee.model.state_dict()
-        scheduler = self.trainee.scheduler
         self.state.rng = engine.get_rng_state()
         self.folder.save_checkpoint(
             Checkpoint(
                 model=weights,
                 optimizer=self.trainee.optimizer.state_dict(),
-                scheduler=None if scheduler is None else scheduler.state_dict(),
+                scheduler=self.trainee.scheduler.state_dict(),
                 trainer=self.state,
             )
         )
@@ -239,6 +252,8 @@ class Trainer:
     def describe(self, resumed: bool) -> str:
         """A line saying what is about to happen."""
         path, epochs = self.folder.path, self.config.schedule.epochs
+        if resumed and self.state.stopped_early:
+            return f"{path} stopped early after epoch {self.state.epoch} (schedule.early_stopping)"
         if resumed and self.state.epoch >= epochs:
             return f"{path} has finished its {epochs} epochs (add more with schedule.epochs=N)"
         if resumed:

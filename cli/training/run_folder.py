@@ -119,7 +119,10 @@ class TrainerState:
 
     `epoch` is the epoch in progress, counted from 0, and `batch` how many of
     its training batches are done; at an epoch boundary `epoch` is the number
-    of epochs completed and `batch` is 0. `tally` sums the epoch so far.
+    of epochs completed and `batch` is 0. `tally` sums the epoch so far. `best_score`
+    is run.best_metric's value at `best_epoch`; `stage` is 1 once the backbone trains
+    (schedule.unfreeze_at_epoch); early stopping's best value is `stopping_best`, and
+    `stale_epochs` have not beaten it.
     """
 
     data_seed: int
@@ -127,16 +130,23 @@ class TrainerState:
     epoch: int = 0
     batch: int = 0
     global_step: int = 0
-    best_accuracy: float | None = None
+    best_score: float | None = None
     best_epoch: int | None = None
     tally: Tally = field(default_factory=Tally)
     rng: dict[str, Any] = field(default_factory=dict)
+    stage: int = 0
+    stopping_best: float | None = None
+    stale_epochs: int = 0
+    stopped_early: bool = False
 
     def start_next_epoch(self) -> None:
         self.epoch, self.batch, self.tally = self.epoch + 1, 0, Tally()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainerState:
+        data = dict(data)
+        if "best_accuracy" in data:  # the name before run.best_metric
+            data["best_score"] = data.pop("best_accuracy")
         return cls(**{**data, "tally": Tally(**data["tally"])})
 
 
@@ -226,10 +236,11 @@ class RunFolder:
             for key in _changed_keys(config_to_dict(saved), config_to_dict(config))
             if key not in RESUMABLE_CHANGES
         ]
-        if config.schedule.epochs != saved.schedule.epochs and saved.schedule.scheduler == "cosine":
+        fitted = saved.schedule.scheduler in ("cosine", "onecycle")
+        if config.schedule.epochs != saved.schedule.epochs and fitted:
             problems.append(
-                "schedule.epochs: a cosine schedule is fitted to the number of epochs, "
-                "so it cannot change when resuming"
+                f"schedule.epochs: a {saved.schedule.scheduler} schedule is fitted to the number "
+                "of epochs, so it cannot change when resuming"
             )
         if problems:
             raise ConfigError(problems)

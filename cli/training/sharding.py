@@ -20,6 +20,7 @@ import numpy as np
 
 from cli.data import DataLoader
 from cli.data.dataset import ImageDataset
+from cli.data.sampler import BalancedSampler
 
 Batch = tuple[np.ndarray, np.ndarray]
 
@@ -84,8 +85,9 @@ class ShardedLoader(DataLoader):
         shuffle: bool = False,
         seed: int = 0,
         num_workers: int = 0,
+        sampler: BalancedSampler | None = None,
     ) -> None:
-        super().__init__(dataset, batch_size, shuffle, seed, num_workers)
+        super().__init__(dataset, batch_size, shuffle, seed, num_workers, sampler=sampler)
         self.sharding = sharding
         self.min_size = 1
 
