@@ -237,11 +237,17 @@ def build_scheduler(
     by `gamma` after `plateau_patience` epochs without a lower validation loss.
     """
     if cfg.scheduler == "onecycle":
+        total = cfg.epochs * batches_per_epoch
+        if total < 4:
+            raise ConfigError(
+                [f"schedule.scheduler: onecycle needs at least 4 training steps, got {total}"]
+            )
+        rise = cfg.warmup_epochs * batches_per_epoch if cfg.warmup_epochs else 0.3 * total
         return lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=[group["lr"] for group in optimizer.param_groups],
-            total_steps=cfg.epochs * batches_per_epoch,
-            pct_start=cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs else 0.3,
+            total_steps=total,
+            pct_start=min(max(rise, 2), total - 2) / total,  # torch divides by 0 at 1 step
             cycle_momentum="betas" in optimizer.defaults or optimizer.defaults["momentum"] > 0,
         )
     if cfg.scheduler == "plateau":
