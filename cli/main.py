@@ -213,6 +213,35 @@ def train(
 
 
 @verb(
+    "finetune lr-find quickstart                                  # then train at the suggestion",
+    "finetune lr-find configs/digits-transfer.yaml --out plots/",
+    "finetune lr-find my.yaml data.batch_size=16 --end-lr 1",
+)
+def lr_find(
+    config: Annotated[
+        Path,
+        typer.Argument(
+            metavar="CONFIG.yaml",
+            help="A YAML config, or a bundled config's name (finetune config list).",
+            show_default=False,
+        ),
+    ],
+    overrides: Overrides = None,
+    out: Annotated[
+        Path, typer.Option("--out", metavar="DIR", help="Where to write lr_find.png.")
+    ] = Path("."),
+    start_lr: Annotated[float, typer.Option("--start-lr", min=0, help="The first rate.")] = 1e-7,
+    end_lr: Annotated[float, typer.Option("--end-lr", min=0, help="The last rate.")] = 10.0,
+    steps: Annotated[int, typer.Option("--steps", min=2, max=100, help="Batches at most.")] = 100,
+) -> None:
+    """Find a learning rate: train a fresh copy of the model at exponentially rising rates,
+    stop when the loss explodes, and suggest the rate where it fell fastest. No run folder."""
+    from cli.lr_find import lr_find as run_lr_find
+
+    run_lr_find(config, overrides or [], out=out, start_lr=start_lr, end_lr=end_lr, steps=steps)
+
+
+@verb(
     "finetune gradcheck                           # every op, layer and block",
     "finetune gradcheck --op conv2d --op batch_norm",
 )
