@@ -150,6 +150,14 @@ Overrides = Annotated[
         show_default=False,
     ),
 ]
+ConfigFile = Annotated[
+    Path,
+    typer.Argument(
+        metavar="CONFIG.yaml",
+        help="A config file, or a bundled config's name (finetune config list).",
+        show_default=False,
+    ),
+]
 
 
 @verb(
@@ -213,19 +221,12 @@ def train(
 
 
 @verb(
-    "finetune lr-find quickstart                                  # then train at the suggestion",
+    "finetune lr-find quickstart            # prints the lr and the train command",
     "finetune lr-find configs/digits-transfer.yaml --out plots/",
     "finetune lr-find my.yaml data.batch_size=16 --end-lr 1",
 )
 def lr_find(
-    config: Annotated[
-        Path,
-        typer.Argument(
-            metavar="CONFIG.yaml",
-            help="A YAML config, or a bundled config's name (finetune config list).",
-            show_default=False,
-        ),
-    ],
+    config: ConfigFile,
     overrides: Overrides = None,
     out: Annotated[
         Path, typer.Option("--out", metavar="DIR", help="Where to write lr_find.png.")
@@ -237,6 +238,12 @@ def lr_find(
     """Find a learning rate: train a fresh copy of the model at exponentially rising rates,
     stop when the loss explodes, and suggest the rate where it fell fastest. No run folder."""
     from cli.lr_find import lr_find as run_lr_find
+
+    if not 0 < start_lr < end_lr:
+        raise typer.BadParameter(
+            f"needs 0 < --start-lr < --end-lr, got {start_lr:g} and {end_lr:g}",
+            param_hint="--start-lr",
+        )
 
     run_lr_find(config, overrides or [], out=out, start_lr=start_lr, end_lr=end_lr, steps=steps)
 
@@ -578,14 +585,7 @@ def config_copy(
     name="validate",
 )
 def config_validate(
-    config: Annotated[
-        Path,
-        typer.Argument(
-            metavar="CONFIG.yaml",
-            help="A config file or a bundled config's name.",
-            show_default=False,
-        ),
-    ],
+    config: ConfigFile,
     overrides: Overrides = None,
 ) -> None:
     """Check a config as train would (every problem at once, exit 2); print it resolved."""
