@@ -18,12 +18,12 @@ RECIPE = {
     "model": {"freeze": ["*"], "new_head": True, "bn": "eval"},
     "data": {"sampler": "balanced", "cache_features": True},
     "schedule": {
-        "epochs": 4,
+        "epochs": 5,
         "scheduler": "plateau",
         "plateau_patience": 0,
         "unfreeze_at_epoch": 1,
         "class_weights": {"0": 2.0},
-        "early_stopping": {"metric": "val_acc", "patience": 1, "min_delta": 1.0},
+        "early_stopping": {"metric": "val_acc", "patience": 2, "min_delta": 1.0},
     },
     "run": {"best_metric": "val_loss"},
 }
@@ -36,8 +36,8 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def straight(work: Path) -> subprocess.CompletedProcess:
-    """Epoch 1 trains the head; epoch 2 everything; early stopping ends the run after epoch 3
-    (min_delta 1.0: no epoch after the first of a stage improves)."""
+    """Epoch 1 trains the head, then everything; early stopping ends the run after epoch 4
+    (min_delta 1.0: no epoch after the first of a stage improves, patience 2)."""
     config = write_config(work, "recipe.yaml", **RECIPE)
     return finetune("train", str(config), "run.output_dir=straight", cwd=work)
 
@@ -47,12 +47,12 @@ def test_the_recipe_runs_its_stages_and_stops_early(work: Path, straight):
     out = straight.stdout
     assert "computing the backbone's features" in out  # the head stage, on cached features
     assert "from epoch 2, every parameter trains (backbone at 0.1 x the head's lr)" in out
-    assert "no val_acc improvement for 1 epoch(s); stopping after epoch 3" in out
+    assert "no val_acc improvement for 2 epoch(s); stopping after epoch 4" in out
     run = work / "straight"
     epochs = [row for row in rows(run) if "step" not in row]
-    assert [row["epoch"] for row in epochs] == [1, 2, 3]
+    assert [row["epoch"] for row in epochs] == [1, 2, 3, 4]
     state = RunFolder(run).load_checkpoint().trainer
-    assert state.stopped_early and state.stage == 1 and state.epoch == 3
+    assert state.stopped_early and state.stage == 1 and state.epoch == 4
     best = min(epochs, key=lambda row: row["val_loss"])
     assert state.best_epoch == best["epoch"] and state.best_score == best["val_loss"]
     before = weights(run / "best.safetensors")
@@ -62,23 +62,30 @@ def test_the_recipe_runs_its_stages_and_stops_early(work: Path, straight):
 
     again = finetune("train", "--resume", str(run), cwd=work)
     assert again.returncode == 0, again.stderr
-    assert "stopped early after epoch 3" in again.stdout
+    assert "stopped early after epoch 4" in again.stdout
     assert_identical(weights(run / "best.safetensors"), before)
 
 
-def test_resume_across_the_unfreeze_matches_the_straight_run(work: Path, straight):
+def test_resumes_across_the_unfreeze_and_early_stopping_epochs_match_the_straight_run(
+    work: Path, straight
+):
+    """Stopped after the head stage, then after an epoch without improvement, then resumed."""
     config = write_config(work, "recipe.yaml", **RECIPE)
     first = finetune("train", str(config), "run.output_dir=part", "schedule.epochs=1", cwd=work)
     assert first.returncode == 0, first.stderr
     assert "every parameter trains" not in first.stdout
     run = work / "part"
     assert RunFolder(run).load_checkpoint().trainer.stage == 0
-    done = finetune("train", "--resume", str(run), "schedule.epochs=4", cwd=work)
+    second = finetune("train", "--resume", str(run), "schedule.epochs=3", cwd=work)
+    assert second.returncode == 0, second.stderr
+    state = RunFolder(run).load_checkpoint().trainer
+    assert (state.stage, state.stale_epochs, state.stopped_early) == (1, 1, False)
+    done = finetune("train", "--resume", str(run), "schedule.epochs=5", cwd=work)
     assert done.returncode == 0, done.stderr
-    assert "stopping after epoch 3" in done.stdout
+    assert "stopping after epoch 4" in done.stdout
     for name in ("last.safetensors", "best.safetensors"):
         assert_identical(weights(run / name), weights(work / "straight" / name))
-    assert [row["epoch"] for row in rows(run) if "step" not in row] == [1, 2, 3]
+    assert [row["epoch"] for row in rows(run) if "step" not in row] == [1, 2, 3, 4]
 
 
 def test_onecycle_moves_the_learning_rate_every_step(tmp_path: Path):
