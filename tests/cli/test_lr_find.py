@@ -7,9 +7,10 @@ import math
 from pathlib import Path
 
 import pytest
+from _run_cli import finetune
 
 from cli.training.lr_finder import Sweep
-from tests.cli.test_train_e2e import finetune, write_config
+from tests.cli.test_train_e2e import write_config
 
 
 def test_the_rates_rise_exponentially_from_start_to_end():

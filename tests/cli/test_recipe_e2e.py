@@ -8,9 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from _run_cli import finetune
 
 from cli.training.run_folder import RunFolder
-from tests.cli.test_train_e2e import assert_identical, finetune, rows, weights, write_config
+from tests.cli.test_train_e2e import assert_identical, rows, weights, write_config
 
 pytestmark = pytest.mark.slow
 
