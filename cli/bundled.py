@@ -1,6 +1,6 @@
 """The configs that ship with finetune: where they are, their names, and copying one to edit.
 
-One copy of each file: the repository's `configs/` folder. A source checkout reads it there;
+One copy of each file: the repository's `configs/` folder, which `cli/configs` links to, so
 a wheel carries it as the package data `cli/configs/` (pyproject.toml says how). A bundled
 config is named by its file name, with or without `.yaml`: `finetune train quickstart`.
 """
@@ -26,9 +26,9 @@ class BundledConfigError(FinetuneError):
 
 
 def bundled_dir() -> Path:
-    """The folder of the bundled configs: the installed package's, else the checkout's."""
-    packaged = Path(str(importlib.resources.files("cli") / "configs"))
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "configs"
+    """The folder of the bundled configs: cli/configs, in a wheel or (as a symbolic link to the
+    top-level configs/) in a source checkout."""
+    return Path(str(importlib.resources.files("cli") / "configs"))
 
 
 def names() -> list[str]:
