@@ -325,3 +325,14 @@ def test_errors_follow_torch():
         F.batch_norm(engine.zeros(2, 3), engine.zeros(4), engine.ones(4), training=True)
     with pytest.raises(RuntimeError, match="weight should contain 3 elements not 2"):
         F.batch_norm(engine.zeros(2, 3), None, None, engine.ones(2), training=True)
+
+
+def test_a_layer_of_the_wrong_width_is_named_as_torch_names_it(torch):
+    """Every per-channel vector has the wrong size: torch names running_mean first."""
+    messages = []
+    for lib in (engine, torch):
+        layer = lib.nn.BatchNorm2d(4)
+        with pytest.raises(RuntimeError) as caught:
+            layer(lib.ones(2, 3, 5, 5))
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1] == "running_mean should contain 3 elements not 4"

@@ -355,8 +355,8 @@ def batch_norm(
         raise RuntimeError("running_mean must be defined in evaluation mode")
     elif running_var is None:
         raise RuntimeError("running_var must be defined in evaluation mode")
-    _check_sizes(
-        input, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var
+    _check_sizes(  # in torch's order, so the first mismatch is named as torch names it
+        input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
     )
     if residual is not None and residual.shape != input.shape:
         raise RuntimeError(
