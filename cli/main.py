@@ -258,7 +258,7 @@ def gradcheck(
         typer.Option(
             "--op",
             metavar="NAME",
-            help="Check only this op and its variants (conv2d: conv2d[groups], ...); repeatable.",
+            help="Check only this op and its variants (conv2d: conv2d\\[groups], ...); repeatable.",
             show_default=False,
         ),
     ] = None,
@@ -664,7 +664,10 @@ def bench(
             "--ranks",
             min=2,
             metavar="N",
-            help="Time the train step under mpiexec -n N against one process (needs [mpi]).",
+            help=(
+                "Time the train step under mpiexec -n N against one process "
+                "(needs pip install 'finetune\\[mpi]')."
+            ),
             show_default=False,
         ),
     ] = None,
