@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 
 # Variables holding the number of processes of the job, by launcher: Open MPI, MPICH and
 # Intel MPI (Hydra, PMI), Slurm's srun (set inside a job step only, unlike SLURM_NTASKS).
@@ -65,12 +66,21 @@ def limit_blas_threads() -> None:
         os.environ[name] = threads
 
 
+ABORT_GRACE_S = 0.5  # for mpiexec to forward what this process printed before the teardown
+
+
 def abort_job(code: int) -> None:
     """End every process of an MPI job of several processes now (a fault on this one must
-    not leave the others waiting for it); nothing outside such a job."""
+    not leave the others waiting for it); nothing outside such a job.
+
+    The launcher forwards each process's output asynchronously and an abort tears the job
+    down at once, so the message printed just before would sometimes be lost: wait briefly.
+    """
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
         return
     if mpi.COMM_WORLD.Get_size() > 1:
+        sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)
         mpi.COMM_WORLD.Abort(code)

@@ -25,7 +25,7 @@ import numpy as np
 
 from cli.config import DistConfig
 from cli.errors import ConfigError, FinetuneError
-from cli.launcher import launched_size
+from cli.launcher import abort_job, launched_size
 from cli.training.run_folder import RunFolder
 from cli.training.sharding import Batch, Sharding
 from engine.nn.kernels.norm import synced_batch_stats
@@ -109,7 +109,7 @@ class Mpi(Communicator):
         return self.subsets[members]
 
     def watchdog(self, timeout: float) -> Watchdog:
-        self.clock = Watchdog(self.rank, timeout, self.comm)
+        self.clock = Watchdog(self.rank, timeout)
         for subset in self.subsets.values():
             subset.clock = self.clock
         return self.clock
@@ -123,8 +123,8 @@ class Watchdog:
     """Aborts the job when no collective completes for `timeout` seconds while armed (a
     process stuck, or gone without MPI noticing): a stuck job never hangs forever."""
 
-    def __init__(self, rank: int, timeout: float, comm: Any) -> None:
-        self.rank, self.timeout, self.comm = rank, timeout, comm
+    def __init__(self, rank: int, timeout: float) -> None:
+        self.rank, self.timeout = rank, timeout
         self.last = time.monotonic()
         self.done = threading.Event()
 
@@ -147,9 +147,8 @@ class Watchdog:
                     f"[rank {self.rank}] error: no word from the other processes for "
                     f"{silent:.0f} s (dist.timeout_s={self.timeout:g}); aborting the job",
                     file=sys.stderr,
-                    flush=True,
                 )
-                self.comm.Abort(1)
+                abort_job(1)
 
 
 def connect(backend: str = "auto") -> Communicator:
