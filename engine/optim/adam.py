@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from engine import _dtype
-from engine.optim.optimizer import Optimizer, ParamsT, gradient_direction
+from engine.optim.optimizer import Optimizer, ParamsT, Update, gradient_direction
 from engine.tensor import Tensor
 
 
@@ -53,13 +53,16 @@ class Adam(Optimizer):
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = self._evaluate(closure)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, group)
+        updates = [
+            self._update(p, group)
+            for group in self.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
+        self._apply_updates(updates, scratch=2)
         return loss
 
-    def _update(self, p: Tensor, group: dict[str, Any]) -> None:
+    def _update(self, p: Tensor, group: dict[str, Any]) -> Update:
         state = self.state[p]
         if not state:
             state["step"] = Tensor._make(np.zeros((), _dtype.get_default_dtype().numpy))
@@ -86,9 +89,8 @@ class Adam(Optimizer):
         arrays = [p._data, p.grad._data, state["exp_avg"]._data, state["exp_avg_sq"]._data]
         if group["amsgrad"]:
             arrays.append(state["max_exp_avg_sq"]._data)
-        for piece in self._pieces(arrays, scratch=2):
-            _adam(*piece, **hyper)
         p._vc[0] += 1
+        return _adam, arrays, hyper
 
 
 class AdamW(Adam):

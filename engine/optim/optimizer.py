@@ -3,9 +3,9 @@ helpers the update rules share.
 
 Update rules work on the parameters' NumPy arrays in place with ``out=`` arguments, in the
 parameters' dtype (Python-float hyper-parameters never promote float32 to float64).
-``Optimizer._pieces`` walks a parameter and its state arrays in cache-sized chunks so that a
-rule's chain of element-wise operations reads and writes each element while it is still in
-cache (PERF-NOTES item 4).
+``Optimizer._apply_updates`` walks each parameter and its state arrays in cache-sized chunks so
+that a rule's chain of element-wise operations reads and writes each element while it is still
+in cache (PERF-NOTES item 4), the chunks of all parameters spread over the engine's threads.
 """
 
 from __future__ import annotations
@@ -13,16 +13,19 @@ from __future__ import annotations
 import copy
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from typing import Any
 
 import numpy as np
 
 from engine.autograd.grad_mode import enable_grad
+from engine.parallel import lane, parallel
 from engine.tensor import Tensor
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
+Update = tuple[Callable[..., None], list[np.ndarray], dict[str, Any]]
+"""An update rule, the arrays it updates (parameter, gradient, state) and its keywords."""
 
 CHUNK_BYTES = 1 << 20
 """Size of one chunk of a parameter: the fastest measured for SGD over ResNet18's parameters."""
@@ -44,7 +47,7 @@ class Optimizer:
         self.defaults = defaults
         self.state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
         self.param_groups: list[dict[str, Any]] = []
-        self._scratch: dict[tuple[np.dtype, int], np.ndarray] = {}
+        self._scratch: dict[tuple[np.dtype, tuple[int, int]], np.ndarray] = {}
         groups = list(params)
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
@@ -205,29 +208,44 @@ class Optimizer:
         self.param_groups = saved_groups
 
     # ----------------------------------------------------------------- array helpers
-    def _pieces(self, arrays: Sequence[np.ndarray], scratch: int) -> Iterator[tuple]:
-        """``scratch`` work arrays followed by matching pieces of the same-shaped ``arrays``.
+    def _apply_updates(self, updates: Sequence[Update], scratch: int) -> None:
+        """Run each ``rule(*work, *arrays, **keywords)`` of ``updates`` on matching pieces of its
+        same-shaped arrays, after ``scratch`` work arrays; the pieces of all updates are
+        spread over the engine's threads.
 
         Arrays that share one dense memory layout are cut into chunks of ``CHUNK_BYTES`` in
-        memory order, with work arrays reused from one step to the next; any other mix of
-        layouts comes whole, with fresh work arrays.
+        memory order, with work arrays (one set per thread) reused from one step to the next;
+        any other mix of layouts comes whole, with fresh work arrays.
         """
-        flat = _flat_views(arrays)
-        if flat is None:
-            yield (*(np.empty_like(arrays[0]) for _ in range(scratch)), *arrays)
-            return
-        size, dtype = flat[0].size, flat[0].dtype
-        chunk = max(1, CHUNK_BYTES // dtype.itemsize)
-        work = [self._work_array(dtype, i, min(chunk, size)) for i in range(scratch)]
-        for start in range(0, size, chunk):
-            stop = min(start + chunk, size)
-            yield (*(w[: stop - start] for w in work), *(a[start:stop] for a in flat))
+        pieces = []
+        for rule, arrays, keywords in updates:
+            flat = _flat_views(arrays)
+            if flat is None:
+                pieces.append((rule, arrays, keywords, False))
+                continue
+            chunk = max(1, CHUNK_BYTES // flat[0].dtype.itemsize)
+            for start in range(0, flat[0].size, chunk):
+                part = [a[start : start + chunk] for a in flat]
+                pieces.append((rule, part, keywords, True))
 
-    def _work_array(self, dtype: np.dtype, slot: int, size: int) -> np.ndarray:
+        def run(i: int) -> None:
+            rule, arrays, keywords, reuse = pieces[i]
+            first = arrays[0]
+            work = [
+                self._work_array(first.dtype, (lane(), k), first.size)
+                if reuse
+                else np.empty_like(first)
+                for k in range(scratch)
+            ]
+            rule(*work, *arrays, **keywords)
+
+        parallel(run, len(pieces))
+
+    def _work_array(self, dtype: np.dtype, slot: tuple[int, int], size: int) -> np.ndarray:
         array = self._scratch.get((dtype, slot))
         if array is None or array.size < size:
             array = self._scratch[dtype, slot] = np.empty(size, dtype)
-        return array
+        return array[:size]
 
 
 def gradient_direction(

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.optim.optimizer import Optimizer, ParamsT, gradient_direction
+from engine.optim.optimizer import Optimizer, ParamsT, Update, gradient_direction
 from engine.tensor import Tensor
 
 
@@ -47,6 +47,7 @@ class SGD(Optimizer):
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = self._evaluate(closure)
+        updates = []
         for group in self.param_groups:
             hyper = {
                 "lr": float(group["lr"]),
@@ -56,12 +57,11 @@ class SGD(Optimizer):
                 "nesterov": bool(group["nesterov"]),
                 "maximize": bool(group["maximize"]),
             }
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, hyper)
+            updates += [self._update(p, hyper) for p in group["params"] if p.grad is not None]
+        self._apply_updates(updates, scratch=2)
         return loss
 
-    def _update(self, p: Tensor, hyper: dict[str, Any]) -> None:
+    def _update(self, p: Tensor, hyper: dict[str, Any]) -> Update:
         arrays = [p._data, p.grad._data]
         first = False
         if hyper["momentum"]:
@@ -70,9 +70,8 @@ class SGD(Optimizer):
             if first:
                 state["momentum_buffer"] = Tensor._make(np.empty_like(p._data))
             arrays.append(state["momentum_buffer"]._data)
-        for piece in self._pieces(arrays, scratch=2):
-            _sgd(*piece, first=first, **hyper)
         p._vc[0] += 1
+        return _sgd, arrays, {**hyper, "first": first}
 
 
 def _sgd(

@@ -20,14 +20,15 @@ shards; the engine itself knows nothing of processes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from engine.autograd.function import Op
 from engine.autograd.grad_mode import no_grad
+from engine.parallel import MIN_ELEMENTS, parallel
 from engine.tensor import Tensor
 
 BLOCK_ELEMENTS = 1 << 18  # elements per block of rows: 1 MiB of float32, the fastest measured
@@ -35,6 +36,7 @@ MIN_BLOCK_ELEMENTS = 1 << 16  # ... down to this for small arrays
 FAR_FROM_ZERO = 8.0  # |mean| / std beyond which affine maps subtract the mean before scaling
 NEAR_ZERO = 1.0  # |mean| / std up to which sums over x skip subtracting the mean first
 SAMPLE_ELEMENTS = 1 << 14  # the first rows that tell whether the mean is near zero
+R = TypeVar("R")
 
 
 class StatsSync(Protocol):
@@ -106,13 +108,24 @@ def _tiled(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.broadcast_to(values.astype(rows.dtype), (_block_rows(rows), rows.shape[2])).copy()
 
 
-def _blocks(*views: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
+def _blocks(*views: np.ndarray) -> list[tuple[np.ndarray, ...]]:
     """The same blocks of rows, ``(rows, C)`` matrices, of several ``(N', L, C)`` views."""
     n, length, c = views[0].shape
     step = _block_rows(views[0])
-    for i in range(n):
-        for start in range(0, length, step):
-            yield tuple(v[i, start : start + step] for v in views)
+    return [
+        tuple(v[i, start : start + step] for v in views)
+        for i in range(n)
+        for start in range(0, length, step)
+    ]
+
+
+def _each_block(work: Callable[..., R], *views: np.ndarray) -> list[R]:
+    """``work(*blocks)`` for the same blocks of rows of several ``(N', L, C)`` views, spread
+    over the engine's threads; the results in block order."""
+    blocks = _blocks(*views)
+    if views[0].size < MIN_ELEMENTS:
+        return [work(*block) for block in blocks]
+    return parallel(lambda i: work(*blocks[i]), len(blocks))
 
 
 def _centered_sums(
@@ -122,18 +135,22 @@ def _centered_sums(
 
     ``v`` is ``other`` (same shape as ``rows``) or, when None, ``x - shift`` itself: then the
     second sum is the sum of squared deviations from ``shift``. A None ``shift`` is zero.
+    Blocks run on the engine's threads; their partial sums are added in block order.
     """
+    ones = np.ones(_block_rows(rows), rows.dtype)
+    shift = None if shift is None else _tiled(shift, rows)
+
+    def sum_block(x: np.ndarray, v: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        m = len(x)
+        centered = x if shift is None else np.subtract(x, shift[:m])
+        v = centered if v is None else v
+        return ones[:m] @ v, np.einsum("mc,mc->c", v, centered)
+
     sums, dots = np.zeros(rows.shape[2]), np.zeros(rows.shape[2])
-    step = _block_rows(rows)
-    ones = np.ones(step, rows.dtype)
-    if shift is not None:
-        shift, scratch = _tiled(shift, rows), np.empty((step, rows.shape[2]), rows.dtype)
-    for blocks in _blocks(rows) if other is None else _blocks(rows, other):
-        m = len(blocks[0])
-        centered = blocks[0] if shift is None else np.subtract(blocks[0], shift[:m], scratch[:m])
-        v = blocks[-1] if other is not None else centered
-        sums += ones[:m] @ v
-        dots += np.einsum("mc,mc->c", v, centered)
+    views = (rows,) if other is None else (rows, other)
+    for block_sums, block_dots in _each_block(sum_block, *views):
+        sums += block_sums
+        dots += block_dots
     return sums, dots
 
 
@@ -177,7 +194,7 @@ def _combine(
     relu: bool = False,
 ) -> None:
     """``out = sum((rows - center) * coef) + const + addend`` per channel, then ReLU if ``relu``,
-    block by block.
+    block by block on the engine's threads.
 
     A ``None`` center is zero. Centering before scaling keeps the result accurate when the
     values sit far from zero next to their spread.
@@ -187,17 +204,18 @@ def _combine(
         for _, center, coef in terms
     ]
     const = None if const is None else _tiled(const, out)
-    scratch = np.empty_like(cast[0][1]) if len(terms) > 1 else None
     zeros = np.zeros_like(cast[0][1]) if relu else None
     views = [out, *(rows for rows, _, _ in terms)] + ([] if addend is None else [addend])
-    for target, *blocks in _blocks(*views):
+
+    def combine_block(target: np.ndarray, *blocks: np.ndarray) -> None:
         m = len(target)
-        for i, (block, (center, coef)) in enumerate(zip(blocks, cast, strict=False)):
-            part = target if i == 0 else scratch[:m]
+        scratch = np.empty_like(target) if len(terms) > 1 else None
+        for i, (rows, (center, coef)) in enumerate(zip(blocks, cast, strict=False)):
+            part = target if i == 0 else scratch
             if center is None:
-                np.multiply(block, coef[:m], out=part)
+                np.multiply(rows, coef[:m], out=part)
             else:
-                np.subtract(block, center[:m], out=part)
+                np.subtract(rows, center[:m], out=part)
                 part *= coef[:m]
             if i:
                 target += part
@@ -208,15 +226,19 @@ def _combine(
         if relu:
             np.maximum(target, zeros[:m], out=target)  # a dense zero block: twice as fast as 0
 
+    _each_block(combine_block, *views)
+
 
 def _relu_grad(grad: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``grad`` where ``out`` (a ReLU's output) is positive, else 0, as a fresh array laid out
     like ``out``: multiplying by the mask block by block beats masked assignment."""
     masked = np.empty_like(out)
-    views = _rows(_like(out, grad)), _rows(out), _rows(masked)
-    flags = np.empty((_block_rows(views[1]), out.shape[1]), bool)
-    for g, y, m in _blocks(*views):
-        np.multiply(g, np.greater(y, 0, out=flags[: len(y)]), out=m)
+    _each_block(
+        lambda g, y, m: np.multiply(g, np.greater(y, 0), out=m),
+        _rows(_like(out, grad)),
+        _rows(out),
+        _rows(masked),
+    )
     return masked
 
 

@@ -1,0 +1,115 @@
+"""engine.parallel: pieces run once each, results in order, errors re-raised, nesting serial;
+and the kernels that use it give the same bits on one thread as on several."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import engine
+import engine.parallel as parallel_module
+from engine.nn import functional as F
+from engine.parallel import lane, parallel, thread_count
+
+
+@pytest.fixture
+def two_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parallel_module, "THREADS", 2)
+
+
+def test_results_come_back_in_piece_order_and_each_piece_runs_once(two_threads: None) -> None:
+    calls: list[int] = []
+    results = parallel(lambda i: calls.append(i) or i * i, 50)
+    assert results == [i * i for i in range(50)]
+    assert sorted(calls) == list(range(50))
+
+
+def test_pieces_run_on_the_pool_with_their_own_lanes(two_threads: None) -> None:
+    barrier = threading.Barrier(2, timeout=10)
+
+    def piece(i: int) -> tuple[int, str]:
+        barrier.wait()  # both threads must hold a piece at once: the pool is used
+        return lane(), threading.current_thread().name
+
+    seen = parallel(piece, 2)
+    assert sorted(lane_ for lane_, _ in seen) == [0, 1]
+    assert any(name.startswith("engine") for _, name in seen)
+    assert lane() == 0
+
+
+def test_the_first_error_is_raised_after_every_piece_has_run(two_threads: None) -> None:
+    done: list[int] = []
+
+    def piece(i: int) -> None:
+        if i == 3:
+            raise ValueError("piece 3")
+        done.append(i)
+
+    with pytest.raises(ValueError, match="piece 3"):
+        parallel(piece, 8)
+    assert sorted(done) == [0, 1, 2, 4, 5, 6, 7]
+
+
+def test_a_parallel_call_inside_a_piece_runs_serially_in_that_thread(two_threads: None) -> None:
+    def piece(i: int) -> list[str]:
+        return parallel(lambda j: threading.current_thread().name, 3)
+
+    for names in parallel(piece, 4):
+        assert len(set(names)) == 1
+
+
+def test_one_thread_means_no_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parallel_module, "THREADS", 1)
+    names = parallel(lambda i: threading.current_thread().name, 4)
+    assert names == [threading.current_thread().name] * 4
+
+
+def test_the_thread_count_follows_the_blas_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in parallel_module.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert thread_count() == 3
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert thread_count() == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_makes_its_own_pool(two_threads: None) -> None:
+    parallel(lambda i: i, 4)  # the parent's pool exists
+    pid = os.fork()
+    if pid == 0:
+        ok = parallel(lambda i: i + 1, 6) == [1, 2, 3, 4, 5, 6]
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _train_steps(threads: int, monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
+    """Two SGD steps of a conv + batch norm + ReLU + pooling net on a batch large enough for
+    each pass to be split over threads: every parameter and running statistic after."""
+    monkeypatch.setattr(parallel_module, "THREADS", threads)
+    engine.manual_seed(0)
+    conv = engine.nn.Conv2d(3, 16, 3, padding=1, bias=False)
+    bn = engine.nn.BatchNorm2d(16)
+    params = [*conv.parameters(), *bn.parameters()]
+    opt = engine.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    x = engine.randn(8, 3, 96, 96)
+    for _ in range(2):
+        opt.zero_grad()
+        y = F.batch_norm(
+            conv(x), bn.running_mean, bn.running_var, bn.weight, bn.bias, True, relu=True
+        )
+        peaks, means = F.max_pool2d(y, 3, 2, 1), F.avg_pool2d(y, 3, 2, 1)
+        ((peaks * peaks).mean() + (means * peaks).mean()).backward()
+        opt.step()
+    return [t.detach().numpy().copy() for t in (*params, bn.running_mean, bn.running_var)]
+
+
+def test_threaded_kernels_give_the_serial_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    serial = _train_steps(1, monkeypatch)
+    threaded = _train_steps(2, monkeypatch)
+    for a, b in zip(serial, threaded, strict=True):
+        assert np.array_equal(a, b)
