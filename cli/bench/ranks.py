@@ -29,7 +29,7 @@ from rich.table import Table
 
 from cli.bench.cases import Settings
 from cli.errors import FinetuneError
-from cli.launcher import limit_blas_threads
+from cli.launcher import limit_blas_threads, shorten_blas_spin
 
 NUM_CLASSES = 10
 ALLREDUCE_REPEATS = 5
@@ -93,6 +93,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
     """Time the steps (under mpiexec: this process's part of them) and print rank 0's line."""
     limit_blas_threads()  # under mpiexec: this process's share of the cores, before NumPy
+    shorten_blas_spin()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, required=True, help="the global batch")
     parser.add_argument("--size", type=int, required=True)
