@@ -4,7 +4,7 @@ The NHWC input is split by stride phase (``_phases``) so that, for each of the k
 offsets (never per output pixel), the inputs of all windows are one slice with long
 contiguous rows; padding is never materialised, each offset covers only the windows that
 read the input (``layout.offsets``). Gradients are added offset by offset into phase planes
-and put back in place at the end.
+and put back in place at the end. Each pass works on ranges of images on the engine's threads.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from engine.nn.kernels.layout import (
     offsets,
     pair,
 )
+from engine.parallel import parallel_ranges
 from engine.tensor import Tensor
 
 
@@ -115,10 +116,14 @@ def _phases(x: np.ndarray, stride: Pair) -> np.ndarray:
         return np.ascontiguousarray(x)[None, None]
     n, h, w, c = x.shape
     planes = np.empty((sh, sw, n, -(-h // sh), -(-w // sw), c), x.dtype)
-    for a in range(sh):
-        for b in range(sw):
-            part = x[:, a::sh, b::sw]
-            planes[a, b, :, : part.shape[1], : part.shape[2]] = part
+
+    def split(images: slice) -> None:
+        for a in range(sh):
+            for b in range(sw):
+                part = x[images, a::sh, b::sw]
+                planes[a, b, images, : part.shape[1], : part.shape[2]] = part
+
+    parallel_ranges(n, split, x.size)
     return planes
 
 
@@ -128,10 +133,14 @@ def _unphase(planes: np.ndarray, in_hw: Pair) -> np.ndarray:
     if (sh, sw) == (1, 1):
         return planes[0, 0]
     x = np.empty((n, *in_hw, c), planes.dtype)
-    for a in range(sh):
-        for b in range(sw):
-            part = x[:, a::sh, b::sw]
-            part[...] = planes[a, b, :, : part.shape[1], : part.shape[2]]
+
+    def merge(images: slice) -> None:
+        for a in range(sh):
+            for b in range(sw):
+                part = x[images, a::sh, b::sw]
+                part[...] = planes[a, b, images, : part.shape[1], : part.shape[2]]
+
+    parallel_ranges(n, merge, x.size)
     return x
 
 
@@ -152,10 +161,16 @@ def _reduce_windows(
     planes: np.ndarray, geo: PoolGeometry, ufunc: np.ufunc, start: float
 ) -> np.ndarray:
     """``ufunc`` folded over each window's inputs, from ``start`` (padding is left out)."""
-    out = np.full((planes.shape[2], *geo.out_hw, planes.shape[5]), start, planes.dtype)
-    for _, plane, outs in _plane_offsets(geo):
-        target = out[outs]
-        ufunc(target, planes[plane], out=target)
+    out = np.empty((planes.shape[2], *geo.out_hw, planes.shape[5]), planes.dtype)
+
+    def fold(images: slice) -> None:
+        part, inputs = out[images], planes[:, :, images]
+        part.fill(start)
+        for _, plane, outs in _plane_offsets(geo):
+            target = part[outs]
+            ufunc(target, inputs[plane], out=target)
+
+    parallel_ranges(len(out), fold, planes.size)
     return out
 
 
@@ -215,12 +230,18 @@ class MaxPool2DWithIndices(Op):
     def backward(self, gy: np.ndarray, _gi: np.ndarray | None = None) -> np.ndarray:
         planes, out = self.saved_arrays
         gy = nhwc(gy)
-        grads = np.zeros_like(planes)
-        part = np.empty(out.shape, gy.dtype)
-        for _, plane, outs, mask in _first_maxima(planes, out, self.geo):
-            routed = np.multiply(gy[outs], mask, out=part[outs])
-            target = grads[plane]
-            np.add(target, routed, out=target)
+        grads = np.empty_like(planes)
+
+        def route(images: slice) -> None:
+            inputs, into = planes[:, :, images], grads[:, :, images]
+            into.fill(0)
+            part = np.empty(out[images].shape, gy.dtype)
+            for _, plane, outs, mask in _first_maxima(inputs, out[images], self.geo):
+                routed = np.multiply(gy[images][outs], mask, out=part[outs])
+                target = into[plane]
+                np.add(target, routed, out=target)
+
+        parallel_ranges(len(out), route, planes.size)
         return nchw(_unphase(grads, self.geo.in_hw))
 
 
@@ -264,10 +285,16 @@ class AvgPool2D(Op):
         gy = nhwc(gy) / self._divisor(gy.dtype)
         sh, sw = self.geo.win.stride
         h, w = self.geo.in_hw
-        grads = np.zeros((sh, sw, gy.shape[0], -(-h // sh), -(-w // sw), gy.shape[3]), gy.dtype)
-        for _, plane, outs in _plane_offsets(self.geo):
-            target = grads[plane]
-            np.add(target, gy[outs], out=target)
+        grads = np.empty((sh, sw, gy.shape[0], -(-h // sh), -(-w // sw), gy.shape[3]), gy.dtype)
+
+        def spread(images: slice) -> None:
+            into, part = grads[:, :, images], gy[images]
+            into.fill(0)
+            for _, plane, outs in _plane_offsets(self.geo):
+                target = into[plane]
+                np.add(target, part[outs], out=target)
+
+        parallel_ranges(len(gy), spread, grads.size)
         return nchw(_unphase(grads, self.geo.in_hw))
 
 
