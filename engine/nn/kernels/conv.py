@@ -34,6 +34,7 @@ from engine.nn.kernels.layout import (
     row_blocks,
     windows,
 )
+from engine.parallel import parallel_copyto
 from engine.tensor import Tensor
 
 FLIPPED_MAX_CHANNELS = 256  # below this many output channels, stride-1 dX uses the flipped conv
@@ -53,14 +54,22 @@ def block_columns(
     xp: np.ndarray, win: Window, out_hw: Pair, groups: int
 ) -> Iterator[tuple[Block, int, np.ndarray]]:
     """The im2col rows of the padded NHWC ``xp``, block by block and group by group: a view
-    when possible (1x1, stride 1), else a copy."""
+    when possible (1x1, stride 1), else a copy made on the engine's threads."""
     n, (ho, wo) = xp.shape[0], out_hw
     view = windows(xp, win, out_hw, groups)
     row_bytes = win.kernel[0] * win.kernel[1] * xp.shape[3] // groups * xp.itemsize
     for blk in row_blocks(n, ho, wo, row_bytes):
         for g in range(groups):
             rows = view[blk.n0 : blk.n1, blk.h0 : blk.h1, :, :, :, g]
+            if not rows.flags.c_contiguous:
+                rows = _copied(rows)
             yield blk, g, rows.reshape(blk.r1 - blk.r0, -1)
+
+
+def _copied(view: np.ndarray) -> np.ndarray:
+    copy = np.empty(view.shape, view.dtype)
+    parallel_copyto(copy, view)
+    return copy
 
 
 def _matmul_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:

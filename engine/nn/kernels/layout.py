@@ -14,6 +14,8 @@ from typing import NamedTuple
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from engine.parallel import parallel_copyto
+
 Pair = tuple[int, int]
 Pads = tuple[int, int, int, int]  # top, bottom, left, right
 
@@ -64,7 +66,7 @@ def pad_nhwc(x: np.ndarray, pads: Pads) -> np.ndarray:
     out[:, top + h :] = 0
     out[:, top : top + h, :left] = 0
     out[:, top : top + h, left + w :] = 0
-    out[:, top : top + h, left : left + w] = x
+    parallel_copyto(out[:, top : top + h, left : left + w], x)
     return out
 
 

@@ -15,12 +15,13 @@ for P points and T tiles. Large inputs are worked through in blocks of tile rows
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
 
 from engine.nn.kernels.layout import Block, Pair, Window, pad_nhwc, row_blocks
+from engine.parallel import parallel_ranges
 
 
 class Scheme(NamedTuple):
@@ -115,9 +116,11 @@ def _input_tiles(scheme: Scheme, xp: np.ndarray, blk: Block) -> np.ndarray:
     part = xp[blk.n0 : blk.n1, m * blk.h0 : m * blk.h1 + 2]
     th = blk.h1 - blk.h0
     taps = np.empty((scheme.points, blk.n1 - blk.n0, th, tw, c), xp.dtype)
-    for a in range(side):
-        for b in range(side):
-            taps[side * a + b] = part[:, a : a + m * th : m, b : b + m * tw : m]
+
+    def gather(a: int, b: int) -> None:
+        taps[side * a + b] = part[:, a : a + m * th : m, b : b + m * tw : m]
+
+    _each_offset(side, gather, taps.size)
     return _apply(scheme.input, taps).reshape(scheme.points, -1, c)
 
 
@@ -127,9 +130,34 @@ def _output_block(scheme: Scheme, out: np.ndarray, t: np.ndarray, blk: Block) ->
     part = out[blk.n0 : blk.n1, m * blk.h0 : m * blk.h1]
     n, h, w, c = part.shape
     blocks = _apply(scheme.output, t).reshape(m, m, n, h // m, w // m, c)
-    for a in range(m):
-        for b in range(m):
-            part[:, a::m, b::m] = blocks[a, b]
+
+    def scatter(a: int, b: int) -> None:
+        part[:, a::m, b::m] = blocks[a, b]
+
+    _each_offset(m, scatter, blocks.size)
+
+
+def _output_phases(part: np.ndarray, m: int) -> np.ndarray:
+    """``(m*m, N, H/m, W/m, C)``: the NHWC ``part`` split by position in its m x m blocks."""
+    n, h, w, c = part.shape
+    phases = np.empty((m * m, n, h // m, w // m, c), part.dtype)
+
+    def gather(a: int, b: int) -> None:
+        phases[m * a + b] = part[:, a::m, b::m]
+
+    _each_offset(m, gather, phases.size)
+    return phases
+
+
+def _each_offset(side: int, copy: Callable[[int, int], None], elements: int) -> None:
+    """``copy(a, b)`` for each offset of a ``side`` x ``side`` grid (a pass over ``elements``
+    values in all), the offsets spread over the engine's threads."""
+
+    def run(offsets: slice) -> None:
+        for k in range(offsets.start, offsets.stop):
+            copy(*divmod(k, side))
+
+    parallel_ranges(side * side, run, elements)
 
 
 def weights(weight: np.ndarray, flipped: bool = False) -> np.ndarray:
@@ -179,13 +207,8 @@ def weight_grad(
     m, gu = scheme.m, None
     blocks = _blocks(scheme, gy.shape[0], gy.shape[1:3], channels, gy.itemsize)
     for blk, v in zip(blocks, kept, strict=True):
-        part = gy[blk.n0 : blk.n1, m * blk.h0 : m * blk.h1]
-        n, h, w, c = part.shape
-        grads = np.empty((m * m, n, h // m, w // m, c), gy.dtype)
-        for a in range(m):
-            for b in range(m):
-                grads[m * a + b] = part[:, a::m, b::m]
-        gt = _apply(scheme.output.T, grads).reshape(scheme.points, -1, c)
+        grads = _output_phases(gy[blk.n0 : blk.n1, m * blk.h0 : m * blk.h1], m)
+        gt = _apply(scheme.output.T, grads).reshape(scheme.points, -1, gy.shape[3])
         block = np.matmul(gt.transpose(0, 2, 1), v)
         gu = block if gu is None else np.add(gu, block, out=gu)
     return _apply(scheme.weight.T, gu)
