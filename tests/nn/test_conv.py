@@ -29,7 +29,7 @@ CASES = {
     "s2-pad2-dil2": (2, 2, 2, 3, 2, 2, 2, 1, False, (7, 6)),
     "pairs": (1, 2, 3, 3, (1, 2), (0, 1), (2, 1), 1, True, (7, 5)),
     "3x3-winograd": (2, 3, 4, 3, 1, 1, 1, 1, True, (6, 8)),
-    "same-winograd": (1, 2, 3, 3, 1, "same", 1, 1, False, (4, 4)),
+    "same-winograd": (1, 2, 3, 3, 1, "same", 1, 1, False, (6, 6)),
 }
 
 # Every distinct conv of ResNet18 on a 32x32 image: (in, out, kernel, stride, padding, H)
@@ -212,7 +212,8 @@ def test_winograd_only_where_it_pays() -> None:
     assert winograd.fits(square, (1, 1, 1, 1), (8, 12), 1, np.float32) is winograd.F4
     assert winograd.fits(square, (1, 1, 1, 1), (8, 12), 1, np.float64) is winograd.F2
     assert winograd.fits(square, (1, 1, 1, 1), (8, 6), 1, np.float32) is winograd.F2
-    assert winograd.fits(square, (1, 1, 1, 1), (4, 4), 1, np.float32) is winograd.F2
+    assert winograd.fits(square, (1, 1, 1, 1), (6, 6), 1, np.float32) is winograd.F2
+    assert not winograd.fits(square, (1, 1, 1, 1), (4, 4), 1, np.float32)  # too few tiles
 
 
 @pytest.mark.parametrize("scheme", ["F2", "F4"])

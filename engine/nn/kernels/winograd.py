@@ -72,7 +72,8 @@ F4 = _scheme(  # points 0, -1, 1, 1/2, -2 and infinity: 2-4x less round-off than
     ],
 )
 
-MIN_SIZE = 4  # smaller outputs have too few tiles for efficient matrix products
+MIN_SIZE = 6  # smaller outputs have too few tiles: F(2x2) on ResNet18's 4x4 layer3 (batch 32,
+# 64x64) took 10.4 ms forward and backward where im2col took 9.2
 MIN_SIZE_F4 = 8  # F(4x4) on 4x4 outputs (one tile an image) was 30-50% slower than F(2x2)
 
 Tiles = list[np.ndarray]  # the transformed input tiles of each block, kept for backward
