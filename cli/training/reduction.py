@@ -68,7 +68,8 @@ class StepReduction:
     def add(self, loss: float, correct: int, images: int) -> None:
         """After a shard's backward: count its numbers and statistics, and set the running
         statistics back to where the step began, for the next shard."""
-        self.scalars[:3] += (loss * images, correct, images)
+        # in float32, as the allreduce adds: the same bits however shards are spread
+        self.scalars[:3] += np.array((loss * images, correct, images), np.float32)
         for view, stat in zip(self.stat_views, self.stats, strict=True):
             view += stat.numpy() * np.float32(images)
         self._restore()
