@@ -24,9 +24,6 @@ LOCAL_SIZE_VARIABLES = (
     "SLURM_STEP_TASKS_PER_NODE",
 )
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-# An idle OpenBLAS thread spins for 2**N cycles before it sleeps: 2**28 (about 0.1 s) by
-# default, which takes a core from the engine's own threads between matrix products.
-SPIN_VARIABLE, SPIN_EXPONENT = "OPENBLAS_THREAD_TIMEOUT", "22"
 
 
 def _first_int(names: tuple[str, ...], default: int) -> int:
@@ -70,12 +67,15 @@ def limit_blas_threads() -> None:
         os.environ[name] = threads
 
 
-def shorten_blas_spin() -> None:
-    """Let idle OpenBLAS threads sleep after 2**22 cycles (about 1.6 ms) instead of 2**28,
-    unless the user set ``OPENBLAS_THREAD_TIMEOUT``: a ResNet18 train step took 4-7% less
-    time (234 against 252 ms at batch 32, 64x64; 1192 against 1275 ms at 16, 224x224), as the
-    engine's element-wise threads get the second core. Call before NumPy is imported."""
-    os.environ.setdefault(SPIN_VARIABLE, SPIN_EXPONENT)
+def prepare_engine() -> None:
+    """Set up the engine for a process that trains, once NumPy may load: large arrays reuse
+    freed memory (``engine.keep_freed_memory``), and the engine's threads, as many as BLAS
+    would use, run both the matrix products and the element-wise passes
+    (``engine.set_num_threads``)."""
+    import engine
+
+    engine.keep_freed_memory()
+    engine.set_num_threads(engine.get_num_threads())
 
 
 ABORT_GRACE_S = 0.5  # for mpiexec to forward what this process printed before the teardown

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from cli import __version__
 from cli.errors import ConfigError
-from cli.launcher import abort_job, launched_rank, limit_blas_threads, shorten_blas_spin
+from cli.launcher import abort_job, launched_rank, limit_blas_threads, prepare_engine
 
 app = typer.Typer(
     name="finetune",
@@ -137,10 +137,7 @@ def main(
 ) -> None:
     """Fine-tune ResNet image classifiers on the CPU, with a NumPy engine that follows torch."""
     limit_blas_threads()  # before any verb imports NumPy
-    shorten_blas_spin()
-    from engine import keep_freed_memory
-
-    keep_freed_memory()  # this process trains: large arrays reuse freed memory
+    prepare_engine()
 
 
 Overrides = Annotated[

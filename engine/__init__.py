@@ -57,6 +57,7 @@ from engine.creation import (
     zeros,
     zeros_like,
 )
+from engine.parallel import get_num_threads, set_num_threads
 from engine.random import get_rng_state, manual_seed, seed, set_rng_state
 
 bool = bool_  # noqa: A001 - torch.bool

@@ -15,6 +15,12 @@ per-thread scratch buffers. The pool has as many threads as BLAS (``OPENBLAS_NUM
 ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS``, else the CPUs this process may use), the caller
 counting as one: with one thread (as under ``mpiexec``, one per rank) everything is serial.
 Nested calls run serially; a forked child starts without the parent's pool.
+
+``set_num_threads`` (torch's name) goes further: it sets the pool's size and, where NumPy's
+BLAS is OpenBLAS, puts OpenBLAS on one thread and splits large matrix products (``matmul``)
+over the pool instead. One pool then serves products and element-wise passes alike; left to
+itself, an idle OpenBLAS thread spins on a core for 0.1 s after each product, and the pool's
+workers got little of that core.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
+
+from engine.blas import set_blas_threads
 
 R = TypeVar("R")
 
@@ -47,6 +55,8 @@ def thread_count() -> int:
 
 
 THREADS = thread_count()
+MIN_SPLIT_FLOPS = 1 << 22  # smaller matrix products run whole
+_splits_products = False  # set_num_threads put BLAS on one thread: ``matmul`` splits products
 
 _state = threading.local()  # .lane: this thread's lane; .busy: inside a parallel piece
 _lock = threading.Lock()
@@ -136,7 +146,12 @@ def parallel_ranges(length: int, work: Callable[[slice], R], elements: int) -> l
     """``work(s)`` for consecutive slices ``s`` that cover ``range(length)``, one a thread, for
     a pass over ``elements`` array elements; a pass under ``MIN_ELEMENTS`` is one
     ``work(slice(0, length))`` on the calling thread."""
-    pieces = min(THREADS, length) if elements >= MIN_ELEMENTS else 1
+    return _in_ranges(length, work, elements >= MIN_ELEMENTS)
+
+
+def _in_ranges(length: int, work: Callable[[slice], R], split: bool = True) -> list[R]:
+    """``work`` on consecutive slices covering ``range(length)``: one a thread, or one."""
+    pieces = min(THREADS, length) if split else 1
     bounds = [length * i // pieces for i in range(pieces + 1)]
     return parallel(lambda i: work(slice(bounds[i], bounds[i + 1])), pieces)
 
@@ -151,3 +166,53 @@ def parallel_copyto(dst: np.ndarray, src: np.ndarray) -> None:
         dst[index] = src[index]
 
     parallel_ranges(dst.shape[axis], copy, dst.size)
+
+
+def set_num_threads(count: int) -> None:
+    """Use ``count`` threads (the caller's included) for the engine's work, as torch's
+    ``set_num_threads``; where NumPy's BLAS is OpenBLAS, it is put on one thread for the
+    whole process and ``matmul`` splits large products over the engine's threads."""
+    global THREADS, _splits_products, _pool, _lanes
+    if count < 1:
+        raise RuntimeError("set_num_threads expects a positive integer")
+    with _lock:
+        if _pool is not None and count != THREADS:
+            _pool.shutdown(wait=False)
+            _pool, _lanes = None, itertools.count(1)
+        THREADS = count
+    found = set_blas_threads(1)
+    _splits_products = found and count > 1
+
+
+def get_num_threads() -> int:
+    """The number of threads the engine uses (torch's ``get_num_threads``)."""
+    return THREADS
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``np.matmul(a, b, out=out)`` of matrices or stacks of them. After ``set_num_threads``
+    put BLAS on one thread, a large product is split over the engine's threads: a stack by
+    matrices, a matrix product along the longer side of its result (never along the summed
+    axis, so each element is summed as in one product)."""
+    if a.ndim < 2 or b.ndim < 2:
+        return np.matmul(a, b, out=out)
+    if out is None:
+        shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+        out = np.empty(shape, np.result_type(a, b))
+    flops = 2 * out.size * a.shape[-1]
+    if not _splits_products or THREADS == 1 or flops < MIN_SPLIT_FLOPS:
+        return np.matmul(a, b, out=out)
+    if out.ndim == 3 and len(out) >= THREADS:
+        lead = (a.ndim == 3 and len(a) == len(out), b.ndim == 3 and len(b) == len(out))
+
+        def stack(part: slice) -> None:
+            np.matmul(a[part] if lead[0] else a, b[part] if lead[1] else b, out=out[part])
+
+        _in_ranges(len(out), stack)
+    elif out.ndim == 2 and out.shape[0] >= out.shape[1]:
+        _in_ranges(out.shape[0], lambda rows: np.matmul(a[rows], b, out=out[rows]))
+    elif out.ndim == 2:
+        _in_ranges(out.shape[1], lambda cols: np.matmul(a, b[:, cols], out=out[:, cols]))
+    else:
+        np.matmul(a, b, out=out)
+    return out

@@ -4,6 +4,8 @@ and the kernels that use it give the same bits on one thread as on several."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -113,3 +115,52 @@ def test_threaded_kernels_give_the_serial_bits(monkeypatch: pytest.MonkeyPatch) 
     threaded = _train_steps(2, monkeypatch)
     for a, b in zip(serial, threaded, strict=True):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "a_shape, b_shape",
+    [
+        ((3000, 147), (147, 64)),  # im2col rows: split by rows
+        ((64, 3000), (3000, 147)),  # weight gradient: split by columns
+        ((36, 36), (36, 20000)),  # Winograd transform
+        ((36, 448, 64), (36, 64, 64)),  # Winograd products: split by matrices
+        ((5, 300, 70), (70, 90)),  # a stack times one matrix
+        ((1, 300, 70), (6, 70, 90)),  # a broadcast stack
+        ((300,), (300, 80)),  # a vector: never split
+    ],
+)
+def test_split_products_give_the_whole_products_bits(
+    two_threads: None, monkeypatch: pytest.MonkeyPatch, a_shape: tuple, b_shape: tuple
+) -> None:
+    monkeypatch.setattr(parallel_module, "_splits_products", True)
+    monkeypatch.setattr(parallel_module, "MIN_SPLIT_FLOPS", 0)
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(a_shape, dtype=np.float32)
+    b = rng.standard_normal(b_shape, dtype=np.float32)
+    whole = np.matmul(a, b)
+    split = parallel_module.matmul(a, b)
+    assert split.shape == whole.shape and split.dtype == whole.dtype
+    assert np.array_equal(split, whole)
+    out = np.empty_like(whole)
+    assert parallel_module.matmul(a, b, out=out) is out and np.array_equal(out, whole)
+
+
+def test_set_num_threads_sizes_the_pool_and_puts_blas_on_one_thread() -> None:
+    """In a fresh process (it changes BLAS for the whole process)."""
+    code = (
+        "import engine, engine.blas as blas, engine.parallel as p\n"
+        "assert engine.get_num_threads() == p.thread_count()\n"
+        "engine.set_num_threads(3)\n"
+        "found = blas.blas_threads() is not None\n"
+        "assert engine.get_num_threads() == 3 and p._splits_products == found\n"
+        "assert not found or blas.blas_threads() == 1\n"
+        "assert set(p.parallel(lambda i: p.lane(), 30)) <= {0, 1, 2}\n"
+        "engine.set_num_threads(1)\n"
+        "assert not p._splits_products and p.parallel(lambda i: p.lane(), 4) == [0] * 4\n"
+        "try:\n    engine.set_num_threads(0)\nexcept RuntimeError as e:\n    print(e)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "set_num_threads expects a positive integer"

@@ -29,7 +29,7 @@ from rich.table import Table
 
 from cli.bench.cases import Settings
 from cli.errors import FinetuneError
-from cli.launcher import limit_blas_threads, shorten_blas_spin
+from cli.launcher import limit_blas_threads, prepare_engine
 
 NUM_CLASSES = 10
 ALLREDUCE_REPEATS = 5
@@ -46,7 +46,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
     from engine.models import resnet18
     from engine.nn import functional as F
 
-    engine.keep_freed_memory()  # as the finetune command does at start-up
+    prepare_engine()  # as the finetune command does at start-up
     comm = connect()
     sharding = Sharding(comm.rank, comm.size)
     engine.manual_seed(0)
@@ -93,7 +93,6 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
     """Time the steps (under mpiexec: this process's part of them) and print rank 0's line."""
     limit_blas_threads()  # under mpiexec: this process's share of the cores, before NumPy
-    shorten_blas_spin()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, required=True, help="the global batch")
     parser.add_argument("--size", type=int, required=True)

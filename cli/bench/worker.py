@@ -133,9 +133,10 @@ def _measure(args: argparse.Namespace) -> None:
     import engine
     from cli.bench.floor import count_products, sgemm_gflops
     from cli.bench.profile import profile_ops
+    from cli.launcher import prepare_engine
     from engine.models import resnet18
 
-    engine.keep_freed_memory()  # as the finetune command does at start-up
+    prepare_engine()  # as the finetune command does at start-up
     model = resnet18(num_classes=NUM_CLASSES)
     step = make_step(engine, model, args.workload, args.batch, args.size)
     time_steps(step, args.warmup)

@@ -8,6 +8,7 @@ import numpy as np
 
 from engine.autograd.function import Op
 from engine.ops.elementwise import check_broadcastable, sum_to
+from engine.parallel import matmul
 from engine.tensor import Tensor
 
 
@@ -63,7 +64,7 @@ class MatMul(Op):
         self.save_inputs(0 if need_b else None, 1 if need_a else None)  # each needs the other
         self.shapes = (a.shape, b.shape)
         self.backward_name = _matmul_node_name(a.ndim, b.ndim)
-        return np.matmul(a, b)
+        return matmul(a, b)
 
     def backward(self, gy: Tensor) -> tuple:
         a, b = self.saved_tensors
@@ -88,7 +89,7 @@ class Addmm(Op):
         _, need_a, need_b = self.needs_input_grad
         self.save_inputs(None, 1 if need_b else None, 2 if need_a else None)
         self.bias_shape = bias.shape
-        return np.add(np.matmul(a, b), bias)
+        return np.add(matmul(a, b), bias)
 
     def backward(self, gy: Tensor) -> tuple:
         _, a, b = self.saved_tensors

@@ -14,7 +14,7 @@ import engine
 from cli.config import Config, DistConfig
 from cli.data import DataLoader
 from cli.errors import ConfigError, FinetuneError
-from cli.launcher import launched_rank, launched_size, limit_blas_threads, shorten_blas_spin
+from cli.launcher import launched_rank, launched_size, limit_blas_threads
 from cli.training.distributed import BatchStats, Communicator, Job, check_backend, connect
 from cli.training.reduction import StepReduction
 from cli.training.sharding import ShardedLoader, Sharding, shard_sizes
@@ -162,17 +162,6 @@ def test_launcher_environment(monkeypatch):
     monkeypatch.delenv("OPENBLAS_NUM_THREADS")
     limit_blas_threads()  # the user's choice stands
     assert os.environ["OMP_NUM_THREADS"] == "7" and "OPENBLAS_NUM_THREADS" not in os.environ
-
-
-def test_idle_blas_threads_sleep_sooner_unless_the_user_chose(monkeypatch):
-    import os
-
-    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
-    shorten_blas_spin()
-    assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "22"
-    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "28")
-    shorten_blas_spin()
-    assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "28"
 
 
 def test_dist_config_errors(monkeypatch):

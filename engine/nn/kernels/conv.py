@@ -34,7 +34,7 @@ from engine.nn.kernels.layout import (
     row_blocks,
     windows,
 )
-from engine.parallel import parallel_copyto
+from engine.parallel import matmul, parallel_copyto, parallel_ranges
 from engine.tensor import Tensor
 
 FLIPPED_MAX_CHANNELS = 256  # below this many output channels, stride-1 dX uses the flipped conv
@@ -74,9 +74,9 @@ def _copied(view: np.ndarray) -> np.ndarray:
 
 def _matmul_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     if out.flags.c_contiguous:
-        np.matmul(a, b, out=out)
+        matmul(a, b, out=out)
     else:
-        out[...] = a @ b
+        out[...] = matmul(a, b)
 
 
 def gemm_conv(
@@ -112,20 +112,26 @@ def weight_grad(
             gw = np.empty((cout, cols.shape[1]), gy2d.dtype)
         gs = slice(g * cog, (g + 1) * cog)
         if blk.r0 == 0:
-            np.matmul(gy2d[: blk.r1, gs].T, cols, out=gw[gs])
+            matmul(gy2d[: blk.r1, gs].T, cols, out=gw[gs])
         else:
-            gw[gs] += gy2d[blk.r0 : blk.r1, gs].T @ cols
+            gw[gs] += matmul(gy2d[blk.r0 : blk.r1, gs].T, cols)
     return gw
 
 
 def col2im_add(
     gx: np.ndarray, dcols: np.ndarray, blk: Block, win: Window, pads: Pads, channels: slice
 ) -> None:
-    """Add the window gradients ``dcols`` (block, Wo, kh, kw, C) into the NHWC ``gx``."""
-    spans = offsets(win, pads, gx.shape[1:3], (blk.h0, blk.h1), dcols.shape[2])
-    for i, j, rows, cols, out_rows, out_cols in spans:
-        target = gx[blk.n0 : blk.n1, rows, cols, channels]
-        np.add(target, dcols[:, out_rows, out_cols, i, j], out=target)
+    """Add the window gradients ``dcols`` (block, Wo, kh, kw, C) into the NHWC ``gx``, ranges
+    of images on the engine's threads."""
+    spans = list(offsets(win, pads, gx.shape[1:3], (blk.h0, blk.h1), dcols.shape[2]))
+
+    def add(images: slice) -> None:
+        part, grads = gx[blk.n0 : blk.n1][images], dcols[images]
+        for i, j, rows, cols, out_rows, out_cols in spans:
+            target = part[:, rows, cols, channels]
+            np.add(target, grads[:, out_rows, out_cols, i, j], out=target)
+
+    parallel_ranges(blk.n1 - blk.n0, add, dcols.size)
 
 
 def input_grad_col2im(
@@ -145,8 +151,10 @@ def input_grad_col2im(
     gx = np.zeros((n, h, w, c), gy2d.dtype)
     for blk in row_blocks(n, ho, wo, k * gy2d.itemsize):
         for g in range(groups):
-            dcols = gy2d[blk.r0 : blk.r1, g * cog : (g + 1) * cog] @ wmat[g * cog : (g + 1) * cog]
-            dcols = dcols.reshape(blk.n1 - blk.n0, blk.h1 - blk.h0, wo, kh, kw, cg)
+            outs = slice(g * cog, (g + 1) * cog)
+            dcols = matmul(gy2d[blk.r0 : blk.r1, outs], wmat[outs]).reshape(
+                blk.n1 - blk.n0, blk.h1 - blk.h0, wo, kh, kw, cg
+            )
             col2im_add(gx, dcols, blk, win, pads, slice(g * cg, (g + 1) * cg))
     return gx
 

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from engine.nn.kernels.layout import Block, Pair, Window, pad_nhwc, row_blocks
-from engine.parallel import parallel_ranges
+from engine.parallel import matmul, parallel_ranges
 
 
 class Scheme(NamedTuple):
@@ -101,7 +101,7 @@ def fits(
 def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     """``matrix @ points`` over the first axis of ``points`` (any trailing shape)."""
     flat = points.reshape(points.shape[0], -1)
-    return (matrix.astype(points.dtype) @ flat).reshape(matrix.shape[0], *points.shape[1:])
+    return matmul(matrix.astype(points.dtype), flat).reshape(matrix.shape[0], *points.shape[1:])
 
 
 def _blocks(scheme: Scheme, n: int, out_hw: Pair, channels: int, itemsize: int) -> Iterator[Block]:
@@ -180,7 +180,7 @@ def conv(
     kept = [] if keep else None
     for blk in _blocks(scheme, n, (hp - 2, wp - 2), xp.shape[3], xp.itemsize):
         v = _input_tiles(scheme, xp, blk)
-        _output_block(scheme, out, np.matmul(v, u), blk)
+        _output_block(scheme, out, matmul(v, u), blk)
         if kept is not None:
             kept.append(v)
     return out, kept
@@ -210,6 +210,6 @@ def weight_grad(
     for blk, v in zip(blocks, kept, strict=True):
         grads = _output_phases(gy[blk.n0 : blk.n1, m * blk.h0 : m * blk.h1], m)
         gt = _apply(scheme.output.T, grads).reshape(scheme.points, -1, gy.shape[3])
-        block = np.matmul(gt.transpose(0, 2, 1), v)
+        block = matmul(gt.transpose(0, 2, 1), v)
         gu = block if gu is None else np.add(gu, block, out=gu)
     return _apply(scheme.weight.T, gu)
