@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ SUFFIXES = ("64_", "")
 
 
 @functools.cache
-def _entry_points() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | None:
+def _entry_points() -> tuple[Callable[[int], None], Callable[[], int]] | None:
     """OpenBLAS's ``set_num_threads`` and ``get_num_threads``, or None where not found."""
     np.ones((2, 2)) @ np.ones((2, 2))  # BLAS is loaded by now
     maps = Path("/proc/self/maps")

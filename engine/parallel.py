@@ -40,6 +40,7 @@ R = TypeVar("R")
 
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 MIN_ELEMENTS = 1 << 20  # smaller passes run on one thread: waking the pool costs more
+MIN_SPLIT_FLOPS = 1 << 22  # smaller matrix products run whole
 
 
 def thread_count() -> int:
@@ -55,7 +56,6 @@ def thread_count() -> int:
 
 
 THREADS = thread_count()
-MIN_SPLIT_FLOPS = 1 << 22  # smaller matrix products run whole
 _splits_products = False  # set_num_threads put BLAS on one thread: ``matmul`` splits products
 
 _state = threading.local()  # .lane: this thread's lane; .busy: inside a parallel piece
