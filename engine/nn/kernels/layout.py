@@ -19,8 +19,8 @@ from engine.parallel import parallel_copyto
 Pair = tuple[int, int]
 Pads = tuple[int, int, int, int]  # top, bottom, left, right
 
-BLOCK_BYTES = 4 << 20  # an im2col block: fits the L2 cache of two cores with room for the GEMM
-BLOCKING_THRESHOLD = 8 << 20  # im2col matrices above this are built and used block by block
+BLOCK_BYTES = 8 << 20  # an im2col block: measured best with its copy and product on two threads
+BLOCKING_THRESHOLD = 16 << 20  # im2col matrices above this are built and used block by block
 MIN_BLOCK_ROWS = 1024  # the weight gradient sums over a block's rows: fewer make a slow GEMM
 
 
