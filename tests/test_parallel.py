@@ -91,12 +91,16 @@ def test_a_forked_child_makes_its_own_pool(two_threads: None) -> None:
 
 def _train_steps(threads: int, monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
     """Two SGD steps of a conv + batch norm + ReLU + pooling net on a batch large enough for
-    each pass to be split over threads: every parameter and running statistic after."""
+    each pass (and every matrix product) to be split over threads: every parameter and
+    running statistic after."""
     monkeypatch.setattr(parallel_module, "THREADS", threads)
+    monkeypatch.setattr(parallel_module, "_splits_products", threads > 1)
+    monkeypatch.setattr(parallel_module, "MIN_SPLIT_FLOPS", 0)
     engine.manual_seed(0)
-    conv = engine.nn.Conv2d(3, 16, 3, padding=1, bias=False)
+    conv = engine.nn.Conv2d(3, 16, 3, padding=1, bias=False)  # Winograd
     bn = engine.nn.BatchNorm2d(16)
-    params = [*conv.parameters(), *bn.parameters()]
+    strided = engine.nn.Conv2d(16, 16, 3, stride=2, padding=1)  # im2col, col2im
+    params = [*conv.parameters(), *bn.parameters(), *strided.parameters()]
     opt = engine.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
     x = engine.randn(8, 3, 96, 96)
     for _ in range(2):
@@ -105,7 +109,7 @@ def _train_steps(threads: int, monkeypatch: pytest.MonkeyPatch) -> list[np.ndarr
             conv(x), bn.running_mean, bn.running_var, bn.weight, bn.bias, True, relu=True
         )
         peaks, means = F.max_pool2d(y, 3, 2, 1), F.avg_pool2d(y, 3, 2, 1)
-        ((peaks * peaks).mean() + (means * peaks).mean()).backward()
+        ((peaks * peaks).mean() + (means * strided(y)).mean()).backward()
         opt.step()
     return [t.detach().numpy().copy() for t in (*params, bn.running_mean, bn.running_var)]
 
