@@ -100,7 +100,7 @@ class _Job:
     def __init__(self, work: Callable[[int], R], count: int) -> None:
         self.work, self.count = work, count
         self.results: list = [None] * count
-        self.error: BaseException | None = None
+        self.errors: dict[int, BaseException] = {}
         self.finished = threading.Event()
         self._claims = itertools.count()
         self._left = count
@@ -116,7 +116,7 @@ class _Job:
                 try:
                     self.results[i] = self.work(i)
                 except BaseException as error:  # noqa: BLE001 - re-raised by the caller
-                    self.error = error
+                    self.errors[i] = error
                 with self._lock:
                     self._left -= 1
                     if not self._left:
@@ -128,7 +128,8 @@ class _Job:
 def parallel(work: Callable[[int], R], count: int) -> list[R]:
     """``[work(i) for i in range(count)]``, the pieces spread over the pool and the calling
     thread; serial with one thread, one piece, or inside another ``parallel`` piece. The
-    first error a piece raises is raised here, once every piece has finished."""
+    error of the lowest-numbered piece that failed is raised here, once every piece has
+    finished (as a serial loop would have raised it first)."""
     if THREADS == 1 or count < 2 or getattr(_state, "busy", False):
         return [work(i) for i in range(count)]
     job = _Job(work, count)
@@ -137,8 +138,8 @@ def parallel(work: Callable[[int], R], count: int) -> list[R]:
         pool.submit(job.run)
     job.run()
     job.finished.wait()
-    if job.error is not None:
-        raise job.error
+    if job.errors:
+        raise job.errors[min(job.errors)]
     return job.results
 
 

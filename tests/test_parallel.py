@@ -42,17 +42,19 @@ def test_pieces_run_on_the_pool_with_their_own_lanes(two_threads: None) -> None:
     assert lane() == 0
 
 
-def test_the_first_error_is_raised_after_every_piece_has_run(two_threads: None) -> None:
+def test_the_first_pieces_error_is_raised_after_every_piece_has_run(two_threads: None) -> None:
     done: list[int] = []
 
     def piece(i: int) -> None:
-        if i == 3:
-            raise ValueError("piece 3")
+        if i in (3, 5):
+            raise ValueError(f"piece {i}")
         done.append(i)
 
-    with pytest.raises(ValueError, match="piece 3"):
-        parallel(piece, 8)
-    assert sorted(done) == [0, 1, 2, 4, 5, 6, 7]
+    for _ in range(20):  # whichever thread fails first, piece 3's error is the one raised
+        done.clear()
+        with pytest.raises(ValueError, match="piece 3"):
+            parallel(piece, 8)
+        assert sorted(done) == [0, 1, 2, 4, 6, 7]
 
 
 def test_a_parallel_call_inside_a_piece_runs_serially_in_that_thread(two_threads: None) -> None:
