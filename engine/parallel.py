@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -141,6 +141,25 @@ def parallel(work: Callable[[int], R], count: int) -> list[R]:
     if job.errors:
         raise job.errors[min(job.errors)]
     return job.results
+
+
+def parallel_blocks(work: Callable[[int], R], count: int) -> list[R]:
+    """``[work(i) for i in range(count)]`` for blocks of a kernel's work whose own passes
+    and products split over the threads: whole blocks go to the threads when there are at
+    least two a thread (fewer hand-offs, each block in one core's cache); fewer would leave a
+    thread idle, and run one after another, each split."""
+    if count >= 2 * THREADS:
+        return parallel(work, count)
+    return [work(i) for i in range(count)]
+
+
+def in_waves(work: Callable[[int], R], count: int) -> Iterator[R]:
+    """``work(i)`` for each ``i < count``, yielded in order, computed a wave of one piece a
+    thread at a time: for sums of large partial results, added in piece order whatever the
+    thread count, with only a wave's results held at once."""
+    for first in range(0, count, THREADS):
+        pieces = range(first, min(count, first + THREADS))
+        yield from parallel(lambda i, pieces=pieces: work(pieces[i]), len(pieces))
 
 
 def parallel_ranges(length: int, work: Callable[[slice], R], elements: int) -> list[R]:

@@ -14,7 +14,9 @@ import pytest
 import engine
 import engine.parallel as parallel_module
 from engine.nn import functional as F
-from engine.parallel import lane, parallel, thread_count
+from engine.nn.kernels import conv as conv_kernels
+from engine.nn.kernels import layout
+from engine.parallel import in_waves, lane, parallel, parallel_blocks, thread_count
 
 
 @pytest.fixture
@@ -80,6 +82,22 @@ def test_the_thread_count_follows_the_blas_variables(monkeypatch: pytest.MonkeyP
     assert thread_count() == 1
 
 
+def test_parallel_blocks_are_whole_pieces_only_at_two_a_thread(two_threads: None) -> None:
+    assert parallel_blocks(lambda i: (i, lane()), 3) == [(0, 0), (1, 0), (2, 0)]
+    assert [i for i, _ in parallel_blocks(lambda i: (i, lane()), 4)] == [0, 1, 2, 3]
+    inside = parallel_blocks(lambda i: getattr(parallel_module._state, "busy", False), 4)
+    assert inside == [True] * 4  # each block's own passes then run serially
+
+
+def test_in_waves_yields_in_order_one_wave_of_pieces_at_a_time(two_threads: None) -> None:
+    started: list[int] = []
+    waves = in_waves(lambda i: started.append(i) or i * i, 7)
+    for i, result in enumerate(waves):
+        assert result == i * i
+        assert max(started) == min(6, i | 1)  # pieces 2k and 2k + 1 run together
+    assert sorted(started) == list(range(7))
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_makes_its_own_pool(two_threads: None) -> None:
     parallel(lambda i: i, 4)  # the parent's pool exists
@@ -93,11 +111,10 @@ def test_a_forked_child_makes_its_own_pool(two_threads: None) -> None:
 
 def _train_steps(threads: int, monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
     """Two SGD steps of a conv + batch norm + ReLU + pooling net on a batch large enough for
-    each pass (and every matrix product) to be split over threads: every parameter and
-    running statistic after."""
+    each element-wise pass to be split over threads: every parameter and running statistic
+    after."""
     monkeypatch.setattr(parallel_module, "THREADS", threads)
     monkeypatch.setattr(parallel_module, "_splits_products", threads > 1)
-    monkeypatch.setattr(parallel_module, "MIN_SPLIT_FLOPS", 0)
     engine.manual_seed(0)
     conv = engine.nn.Conv2d(3, 16, 3, padding=1, bias=False)  # Winograd
     bn = engine.nn.BatchNorm2d(16)
@@ -116,7 +133,21 @@ def _train_steps(threads: int, monkeypatch: pytest.MonkeyPatch) -> list[np.ndarr
     return [t.detach().numpy().copy() for t in (*params, bn.running_mean, bn.running_var)]
 
 
-def test_threaded_kernels_give_the_serial_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("blocks", ["whole", "kept blocks", "rebuilt blocks"])
+def test_threaded_kernels_give_the_serial_bits(
+    monkeypatch: pytest.MonkeyPatch, blocks: str
+) -> None:
+    """Whole arrays split op by op; or im2col and Winograd in several blocks, each block on
+    one thread, kept for backward or rebuilt there (weight gradients summed over blocks)."""
+    if blocks == "whole":
+        monkeypatch.setattr(parallel_module, "MIN_SPLIT_FLOPS", 0)
+    else:  # tiny products are not split: OpenBLAS multiplies very small matrices differently
+        monkeypatch.setattr(layout, "BLOCKING_THRESHOLD", 64 << 10)
+        monkeypatch.setattr(layout, "BLOCK_BYTES", 32 << 10)
+        monkeypatch.setattr(layout, "MIN_BLOCK_ROWS", 1)
+        keep = 1 << 30 if blocks == "kept blocks" else 0
+        monkeypatch.setattr(conv_kernels, "KEEP_BYTES", keep)
+        monkeypatch.setattr(conv_kernels, "WINOGRAD_KEEP_BYTES", keep)
     serial = _train_steps(1, monkeypatch)
     threaded = _train_steps(2, monkeypatch)
     for a, b in zip(serial, threaded, strict=True):

@@ -14,7 +14,7 @@ same way (up to ``WINOGRAD_KEEP_BYTES``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from engine.nn.kernels.layout import (
     row_blocks,
     windows,
 )
-from engine.parallel import matmul, parallel_copyto, parallel_ranges
+from engine.parallel import in_waves, matmul, parallel_blocks, parallel_copyto, parallel_ranges
 from engine.tensor import Tensor
 
 FLIPPED_MAX_CHANNELS = 256  # below this many output channels, stride-1 dX uses the flipped conv
@@ -50,20 +50,26 @@ def weight_matrix(weight: np.ndarray) -> np.ndarray:
 Columns = list[tuple[Block, int, np.ndarray]]  # im2col rows of each block and group
 
 
-def block_columns(
-    xp: np.ndarray, win: Window, out_hw: Pair, groups: int
-) -> Iterator[tuple[Block, int, np.ndarray]]:
-    """The im2col rows of the padded NHWC ``xp``, block by block and group by group: a view
-    when possible (1x1, stride 1), else a copy made on the engine's threads."""
-    n, (ho, wo) = xp.shape[0], out_hw
-    view = windows(xp, win, out_hw, groups)
-    row_bytes = win.kernel[0] * win.kernel[1] * xp.shape[3] // groups * xp.itemsize
-    for blk in row_blocks(n, ho, wo, row_bytes):
-        for g in range(groups):
-            rows = view[blk.n0 : blk.n1, blk.h0 : blk.h1, :, :, :, g]
-            if not rows.flags.c_contiguous:
-                rows = _copied(rows)
-            yield blk, g, rows.reshape(blk.r1 - blk.r0, -1)
+class BlockColumns(Sequence):
+    """The im2col rows of the padded NHWC ``xp``, by block of rows and group: item ``i`` is
+    ``(block, group, rows)``, the rows a view when possible (1x1, stride 1), else a copy made
+    when the item is asked for, on the thread that asks."""
+
+    def __init__(self, xp: np.ndarray, win: Window, out_hw: Pair, groups: int) -> None:
+        self.view = windows(xp, win, out_hw, groups)
+        row_bytes = win.kernel[0] * win.kernel[1] * xp.shape[3] // groups * xp.itemsize
+        blocks = row_blocks(xp.shape[0], *out_hw, row_bytes)
+        self.pieces = [(blk, g) for blk in blocks for g in range(groups)]
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def __getitem__(self, i: int) -> tuple[Block, int, np.ndarray]:
+        blk, g = self.pieces[i]
+        rows = self.view[blk.n0 : blk.n1, blk.h0 : blk.h1, :, :, :, g]
+        if not rows.flags.c_contiguous:
+            rows = _copied(rows)
+        return blk, g, rows.reshape(blk.r1 - blk.r0, -1)
 
 
 def _copied(view: np.ndarray) -> np.ndarray:
@@ -84,37 +90,49 @@ def gemm_conv(
 ) -> tuple[np.ndarray, Columns | None]:
     """Correlate the padded NHWC ``xp`` with ``wmat``: the ``(N*Ho*Wo, Cout)`` result.
 
-    With ``keep``, also returns the im2col rows of each block and group when they add up to
-    at most ``KEEP_BYTES`` (``None`` above: backward rebuilds them).
+    Blocks go to the engine's threads whole when there are enough (``parallel_blocks``), each
+    thread building a block's rows and multiplying them while they are in its cache. With
+    ``keep``, also returns the im2col rows of each block and group when they add up to at
+    most ``KEEP_BYTES`` (``None`` above: backward rebuilds them).
     """
     n, (ho, wo) = xp.shape[0], out_hw
     cout, k = wmat.shape
     cog = cout // groups
     out = np.empty((n * ho * wo, cout), xp.dtype)
-    kept = [] if keep and n * ho * wo * k * xp.itemsize <= KEEP_BYTES else None
-    for blk, g, cols in block_columns(xp, win, out_hw, groups):
+    keeping = keep and n * ho * wo * k * xp.itemsize <= KEEP_BYTES
+    columns = BlockColumns(xp, win, out_hw, groups)
+
+    def product(i: int) -> tuple[Block, int, np.ndarray] | None:
+        blk, g, cols = columns[i]
         gs = slice(g * cog, (g + 1) * cog)
         _matmul_into(cols, wmat[gs].T, out[blk.r0 : blk.r1, gs])
-        if kept is not None:
-            kept.append((blk, g, cols))
-    return out, kept
+        return (blk, g, cols) if keeping else None
+
+    done = parallel_blocks(product, len(columns))
+    return out, done if keeping else None
 
 
 def weight_grad(
-    columns: Iterable[tuple[Block, int, np.ndarray]], gy2d: np.ndarray, groups: int
+    columns: Sequence[tuple[Block, int, np.ndarray]], gy2d: np.ndarray, groups: int
 ) -> np.ndarray:
-    """``dY^T @ cols`` as ``(Cout, kh*kw*Cin/groups)``, summed over the blocks of ``columns``."""
+    """``dY^T @ cols`` as ``(Cout, kh*kw*Cin/groups)``, summed over the blocks of ``columns``
+    in their order (``in_waves``: one block a thread, whatever the thread count)."""
     cout = gy2d.shape[1]
     cog = cout // groups
     gw = None
-    for blk, g, cols in columns:
+
+    def block_grad(i: int) -> tuple[Block, int, np.ndarray]:
+        blk, g, cols = columns[i]
+        return blk, g, matmul(gy2d[blk.r0 : blk.r1, g * cog : (g + 1) * cog].T, cols)
+
+    for blk, g, grad in in_waves(block_grad, len(columns)):
         if gw is None:
-            gw = np.empty((cout, cols.shape[1]), gy2d.dtype)
+            gw = np.empty((cout, grad.shape[1]), gy2d.dtype)
         gs = slice(g * cog, (g + 1) * cog)
         if blk.r0 == 0:
-            matmul(gy2d[: blk.r1, gs].T, cols, out=gw[gs])
+            gw[gs] = grad
         else:
-            gw[gs] += matmul(gy2d[blk.r0 : blk.r1, gs].T, cols)
+            gw[gs] += grad
     return gw
 
 
@@ -257,7 +275,7 @@ class Convolution(Op):
             else:
                 if kept is None:
                     xp = pad_nhwc(nhwc(x._data), self.pads)
-                    kept = block_columns(xp, self.win, self.out_hw, self.groups)
+                    kept = BlockColumns(xp, self.win, self.out_hw, self.groups)
                 gw = weight_grad(kept, gy2d, self.groups)
             gw = self._weight_layout(gw)
         if need_x:
