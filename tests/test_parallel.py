@@ -137,8 +137,8 @@ def _train_steps(threads: int, monkeypatch: pytest.MonkeyPatch) -> list[np.ndarr
 def test_threaded_kernels_give_the_serial_bits(
     monkeypatch: pytest.MonkeyPatch, blocks: str
 ) -> None:
-    """Whole arrays split op by op; or im2col and Winograd in several blocks, each block on
-    one thread, kept for backward or rebuilt there (weight gradients summed over blocks)."""
+    """Whole arrays split op by op; or im2col (each block on one thread) and Winograd in many
+    blocks, kept for backward or rebuilt there (weight gradients summed over blocks)."""
     if blocks == "whole":
         monkeypatch.setattr(parallel_module, "MIN_SPLIT_FLOPS", 0)
     else:  # tiny products are not split: OpenBLAS multiplies very small matrices differently

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from engine.nn.kernels.layout import Block, Pair, Window, pad_nhwc, row_blocks
-from engine.parallel import matmul, parallel_blocks, parallel_ranges
+from engine.parallel import matmul, parallel_ranges
 
 
 class Scheme(NamedTuple):
@@ -173,21 +173,17 @@ def conv(
     scheme: Scheme, xp: np.ndarray, w9: np.ndarray, keep: bool = False
 ) -> tuple[np.ndarray, Tiles | None]:
     """The stride-1 correlation of the NHWC ``xp`` (padded by one) with ``(9, Cin, Cout)``
-    kernels, NHWC; with ``keep``, also the transformed input tiles of each block. Blocks
-    write apart, and go to the engine's threads whole when there are enough
-    (``parallel_blocks``)."""
+    kernels, NHWC; with ``keep``, also the transformed input tiles of each block."""
     n, hp, wp, _ = xp.shape
     u = _apply(scheme.weight, w9)
     out = np.empty((n, hp - 2, wp - 2, w9.shape[2]), xp.dtype)
-    blocks = list(_blocks(scheme, n, (hp - 2, wp - 2), xp.shape[3], xp.itemsize))
-
-    def block_conv(i: int) -> np.ndarray | None:
-        v = _input_tiles(scheme, xp, blocks[i])
-        _output_block(scheme, out, matmul(v, u), blocks[i])
-        return v if keep else None
-
-    kept = parallel_blocks(block_conv, len(blocks))
-    return out, kept if keep else None
+    kept = [] if keep else None
+    for blk in _blocks(scheme, n, (hp - 2, wp - 2), xp.shape[3], xp.itemsize):
+        v = _input_tiles(scheme, xp, blk)
+        _output_block(scheme, out, matmul(v, u), blk)
+        if kept is not None:
+            kept.append(v)
+    return out, kept
 
 
 def input_grad(scheme: Scheme, gy: np.ndarray, weight: np.ndarray, pads: tuple) -> np.ndarray:
