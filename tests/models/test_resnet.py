@@ -129,6 +129,18 @@ def test_eval_logits_match_torch(torch, rng, arch):
 
 
 @pytest.mark.torch
+def test_eval_logits_match_torch_at_224(torch, rng):
+    """At 224x224 every convolution algorithm runs: im2col (conv1, strided, 7x7 layer4),
+    Winograd F(4x4) on 56x56 and 28x28, and F(4x4) computed as 16x16 and cropped on 14x14."""
+    ours, theirs = pair(torch, "resnet18")
+    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    got = ours.eval()(engine.tensor(x)).detach().numpy()
+    with torch.no_grad():
+        expected = theirs.eval()(torch.from_numpy(x)).numpy()
+    assert_close(got, expected)
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_training_step_matches_torch(torch, rng, dtype):
     """Loss, gradients and BatchNorm statistics after one step in training mode.

@@ -214,27 +214,55 @@ def test_winograd_only_where_it_pays() -> None:
     assert winograd.fits(square, (1, 1, 1, 1), (8, 6), 1, np.float32) is winograd.F2
     assert winograd.fits(square, (1, 1, 1, 1), (6, 6), 1, np.float32) is winograd.F2
     assert not winograd.fits(square, (1, 1, 1, 1), (4, 4), 1, np.float32)  # too few tiles
+    assert winograd.fits(square, (1, 1, 1, 1), (14, 14), 1, np.float32) is winograd.F4  # cropped
+    assert winograd.fits(square, (1, 1, 1, 1), (15, 16), 1, np.float32) is winograd.F4
+    assert winograd.fits(square, (1, 1, 1, 1), (14, 14), 1, np.float64) is winograd.F2
+    assert not winograd.fits(square, (1, 1, 1, 1), (15, 16), 1, np.float64)  # odd
+    assert winograd.fits(square, (1, 1, 1, 1), (10, 10), 1, np.float32) is winograd.F2  # 12/10
+    assert not winograd.fits(square, (1, 1, 1, 1), (7, 7), 1, np.float32)  # odd, under 8
 
 
 @pytest.mark.parametrize("scheme", ["F2", "F4"])
-def test_winograd_schemes_compute_the_correlation(scheme: str, rng: np.random.Generator) -> None:
-    """Each scheme's transforms, in float64, against a direct sum over the 9 kernel offsets."""
+@pytest.mark.parametrize("out_hw", [(12, 8), (11, 6), (7, 9)], ids=["whole", "cropped", "odd"])
+def test_winograd_schemes_compute_the_correlation_and_its_gradients(
+    scheme: str, out_hw: tuple, rng: np.random.Generator
+) -> None:
+    """Each scheme's transforms, in float64, against direct sums over the 9 kernel offsets:
+    output, input gradient and weight gradient; sides that are no multiple of m are computed
+    further and cropped."""
     sch = getattr(winograd, scheme)
-    x = rng.standard_normal((2, 3 * sch.m + 2, 2 * sch.m + 2, 3))
-    w9 = rng.standard_normal((9, 3, 4))
-    out, _ = winograd.conv(sch, x, w9)
-    direct = sum(
-        x[:, i : i + out.shape[1], j : j + out.shape[2]] @ w9[3 * i + j]
+    x = rng.standard_normal((2, *out_hw, 3))
+    weight = rng.standard_normal((4, 3, 3, 3))
+    gy = rng.standard_normal((2, *out_hw, 4))
+    xp = layout.pad_nhwc(x, winograd.padding(sch, out_hw))
+    out, kept = winograd.conv(sch, xp, winograd.weights(weight), out_hw, keep=True)
+    x1 = layout.pad_nhwc(x, (1, 1, 1, 1))
+    taps = [(i, j, x1[:, i : i + out_hw[0], j : j + out_hw[1]]) for i in range(3) for j in range(3)]
+    direct = sum(tap @ weight[:, :, i, j].T for i, j, tap in taps)
+    np.testing.assert_allclose(out, direct, rtol=1e-12, atol=1e-12)
+    gw = winograd.weight_grad(sch, kept, gy, 3)  # (9, Cout, Cin)
+    gw_direct = [np.einsum("nhwo,nhwc->oc", gy, tap) for _, _, tap in taps]
+    np.testing.assert_allclose(gw, np.stack(gw_direct), rtol=1e-12, atol=1e-12)
+    rebuilt = winograd.weight_grad(sch, winograd.tiles(sch, xp, out_hw), gy, 3)
+    np.testing.assert_array_equal(rebuilt, gw)
+    gx = winograd.input_grad(sch, gy, weight)
+    gy1 = layout.pad_nhwc(gy, (1, 1, 1, 1))
+    gx_direct = sum(
+        gy1[:, 2 - i : 2 - i + out_hw[0], 2 - j : 2 - j + out_hw[1]] @ weight[:, :, i, j]
         for i in range(3)
         for j in range(3)
     )
-    np.testing.assert_allclose(out, direct, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gx, gx_direct, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.torch
-def test_torch_parity_winograd_f4(torch, tiny_blocks: None, rng: np.random.Generator) -> None:
-    """F(4x4, 3x3) in float32, block by block, on 64 channels: within float32 parity."""
-    case = (2, 64, 64, 3, 1, 1, 1, 1, False, (16, 12))
+@pytest.mark.parametrize("hw", [(16, 12), (14, 15)], ids=["whole", "cropped"])
+def test_torch_parity_winograd_f4(
+    torch, tiny_blocks: None, hw: tuple, rng: np.random.Generator
+) -> None:
+    """F(4x4, 3x3) in float32, block by block, on 64 channels: within float32 parity; sides
+    that are no multiple of 4 computed further and cropped."""
+    case = (2, 64, 64, 3, 1, 1, 1, 1, False, hw)
     tensors = _inputs(case, rng, np.float32, channels_last=True)
     assert _call(case)(*tensors).grad_fn.winograd is winograd.F4
     _check_parity(torch, case, channels_last=True, rng=rng)

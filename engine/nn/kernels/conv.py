@@ -7,7 +7,7 @@ input gradient either as a stride-1 convolution of the padded ``dY`` with the fl
 (small channel counts) or as ``dY @ W`` scattered back with one slice-add per kernel offset.
 Large im2col matrices are built block by block (see ``layout.row_blocks``); up to
 ``KEEP_BYTES`` of them are kept for the weight gradient, larger ones are rebuilt in backward.
-3x3 stride-1 convolutions of even outputs go through Winograd's F(2x2, 3x3) or F(4x4, 3x3)
+3x3 stride-1, padding-1 convolutions go through Winograd's F(2x2, 3x3) or F(4x4, 3x3)
 instead (``winograd``), forward and both gradients, keeping its transformed input tiles the
 same way (up to ``WINOGRAD_KEEP_BYTES``).
 """
@@ -218,16 +218,16 @@ class Convolution(Op):
             out_size(w, pl + pr, kw, self.stride[1], self.dilation[1]),
         )
         need_x, need_w, _ = self.needs_input_grad
-        xp = pad_nhwc(nhwc(x), self.pads)
         scheme = winograd.fits(self.win, self.pads, self.out_hw, self.groups, x.dtype)
         self.winograd = scheme
+        xp = pad_nhwc(nhwc(x), self._input_pads())
         col2im = need_x and not (scheme or self._flipped(cout))
         wmat = None if scheme and not col2im else weight_matrix(weight)
         keep = self.requires_grad and need_w
         if scheme:
-            tiles = n * self.out_hw[0] * self.out_hw[1] // scheme.m**2
+            tiles = winograd.tile_count(scheme, n, self.out_hw)
             keep = keep and scheme.points * tiles * xp.shape[3] * xp.itemsize <= WINOGRAD_KEEP_BYTES
-            out, kept = winograd.conv(scheme, xp, winograd.weights(weight), keep)
+            out, kept = winograd.conv(scheme, xp, winograd.weights(weight), self.out_hw, keep)
         else:
             out, kept = gemm_conv(xp, wmat, self.win, self.out_hw, self.groups, keep)
         out = out.reshape(n, *self.out_hw, cout)
@@ -246,11 +246,15 @@ class Convolution(Op):
         (ho, wo), (kh, kw) = self.out_hw, self.win.kernel
         direct = 2 * n * ho * wo * self.cout * kh * kw * cin // self.groups
         if self.winograd:
-            tiles = n * ho * wo // self.winograd.m**2
+            tiles = winograd.tile_count(self.winograd, n, self.out_hw)
             reduced = 2 * self.winograd.points * tiles * cin * self.cout
             return reduced, reduced, reduced
         flipped = 2 * n * h * w * cin * kh * kw * self.cout // self.groups
         return direct, flipped if self._flipped(self.cout) else direct, direct
+
+    def _input_pads(self) -> Pads:
+        """The input's padding: Winograd's when it computes outputs past the edge to crop."""
+        return winograd.padding(self.winograd, self.out_hw) if self.winograd else self.pads
 
     def _flipped(self, cout: int) -> bool:
         return self.stride == (1, 1) and cout < FLIPPED_MAX_CHANNELS
@@ -268,7 +272,8 @@ class Convolution(Op):
         if need_w:
             if self.winograd:
                 if kept is None:
-                    kept = winograd.tiles(self.winograd, pad_nhwc(nhwc(x._data), self.pads))
+                    xp = pad_nhwc(nhwc(x._data), self._input_pads())
+                    kept = winograd.tiles(self.winograd, xp, self.out_hw)
                 cin = self.in_shape[3]
                 gw9 = winograd.weight_grad(self.winograd, kept, gy_nhwc, cin)  # rows of Cin
                 gw = np.ascontiguousarray(gw9.transpose(1, 0, 2)).reshape(cout, -1)
@@ -280,7 +285,7 @@ class Convolution(Op):
             gw = self._weight_layout(gw)
         if need_x:
             if self.winograd:
-                gx = winograd.input_grad(self.winograd, gy_nhwc, weight._data, self.pads)
+                gx = winograd.input_grad(self.winograd, gy_nhwc, weight._data)
             elif wmat is None:
                 gx = input_grad_flipped(
                     gy_nhwc, weight._data, self.in_shape[1:3], self.win, self.pads, self.groups

@@ -8,8 +8,9 @@ fewer multiplications than direct for m = 2, 4 times for m = 4. The transforms a
 constant matrices applied as matrix products, so BLAS does all the arithmetic, and backward
 uses their transposes. F(4x4) rounds more (its transforms reach 8 and 1/15), within float32
 parity; float64 convolutions always take F(2x2), whose transforms are exact in binary. Arrays
-are channels-last: NHWC images whose height and width are multiples of m, tiles as ``(P, T, C)``
-for P points and T tiles. Large inputs are worked through in blocks of tile rows
+are channels-last: NHWC images, tiles as ``(P, T, C)`` for P points and T tiles. A side that
+is no multiple of m is computed up to the next multiple (the input padded further with zeros)
+and cropped. Large inputs are worked through in blocks of tile rows
 (``layout.row_blocks``) that stay in cache.
 """
 
@@ -75,6 +76,9 @@ F4 = _scheme(  # points 0, -1, 1, 1/2, -2 and infinity: 2-4x less round-off than
 MIN_SIZE = 6  # smaller outputs have too few tiles: F(2x2) on ResNet18's 4x4 layer3 (batch 32,
 # 64x64) took 10.4 ms forward and backward where im2col took 9.2
 MIN_SIZE_F4 = 8  # F(4x4) on 4x4 outputs (one tile an image) was 30-50% slower than F(2x2)
+MAX_COVER_F4 = 8 / 7  # F(4x4) on a side that is no multiple of 4 computes ceil(s/4)*4 outputs
+# and crops: 14x14 as 16x16 took 36 ms forward and backward where F(2x2) took 41 (ResNet18's
+# layer3 at 224x224, batch 16)
 
 Tiles = list[np.ndarray]  # the transformed input tiles of each block, kept for backward
 
@@ -83,19 +87,36 @@ def fits(
     win: Window, pads: tuple, out_hw: Pair, groups: int, dtype: np.dtype = np.float32
 ) -> Scheme | None:
     """The scheme that computes a convolution here, if any: 3x3, stride 1, no dilation,
-    padding 1, one group, an even output of at least ``MIN_SIZE`` a side; F(4x4) when both
-    sides are multiples of 4 of at least ``MIN_SIZE_F4`` and the dtype is not float64 (F(4x4)
-    took 25-45% less time than F(2x2) on ResNet18's 8x8 to 56x56 layers, one thread)."""
-    if not (
-        win == Window((3, 3), (1, 1), (1, 1))
-        and pads == (1, 1, 1, 1)
-        and groups == 1
-        and all(size % 2 == 0 and size >= MIN_SIZE for size in out_hw)
-    ):
+    padding 1, one group. F(4x4) when the dtype is not float64 and both sides are at least
+    ``MIN_SIZE_F4``, multiples of 4 or close enough above one (``MAX_COVER_F4``) to crop
+    (F(4x4) took 25-45% less time than F(2x2) on ResNet18's 8x8 to 56x56 layers, one
+    thread); else F(2x2) when both sides are even and at least ``MIN_SIZE``."""
+    if not (win == Window((3, 3), (1, 1), (1, 1)) and pads == (1, 1, 1, 1) and groups == 1):
         return None
-    if np.dtype(dtype) != np.float64 and all(s % 4 == 0 and s >= MIN_SIZE_F4 for s in out_hw):
+    if np.dtype(dtype) != np.float64 and all(
+        s >= MIN_SIZE_F4 and _covered(F4, s) <= MAX_COVER_F4 * s for s in out_hw
+    ):
         return F4
-    return F2
+    if all(s % 2 == 0 and s >= MIN_SIZE for s in out_hw):
+        return F2
+    return None
+
+
+def _covered(scheme: Scheme, size: int) -> int:
+    """The outputs that ``scheme`` computes along a side of ``size``: whole blocks of m."""
+    return -(-size // scheme.m) * scheme.m
+
+
+def padding(scheme: Scheme, out_hw: Pair) -> tuple[int, int, int, int]:
+    """The input's padding (top, bottom, left, right) for ``conv``: one all round, and as many
+    more at the bottom and right as the outputs computed beyond ``out_hw`` need."""
+    h, w = (_covered(scheme, s) - s for s in out_hw)
+    return 1, 1 + h, 1, 1 + w
+
+
+def tile_count(scheme: Scheme, n: int, out_hw: Pair) -> int:
+    """The tiles of ``n`` images of ``out_hw`` outputs."""
+    return n * _covered(scheme, out_hw[0]) * _covered(scheme, out_hw[1]) // scheme.m**2
 
 
 def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -106,8 +127,8 @@ def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 def _blocks(scheme: Scheme, n: int, out_hw: Pair, channels: int, itemsize: int) -> Iterator[Block]:
     """Blocks of tile rows (m output rows each) of ``n`` images of ``channels`` inputs."""
-    m = scheme.m
-    return row_blocks(n, out_hw[0] // m, out_hw[1] // m, scheme.points * channels * itemsize)
+    th, tw = (_covered(scheme, s) // scheme.m for s in out_hw)
+    return row_blocks(n, th, tw, scheme.points * channels * itemsize)
 
 
 def _input_tiles(scheme: Scheme, xp: np.ndarray, blk: Block) -> np.ndarray:
@@ -126,25 +147,32 @@ def _input_tiles(scheme: Scheme, xp: np.ndarray, blk: Block) -> np.ndarray:
 
 
 def _output_block(scheme: Scheme, out: np.ndarray, t: np.ndarray, blk: Block) -> None:
-    """Write the m x m blocks of outputs of one block from their transformed ``t``."""
+    """Write the m x m blocks of outputs of one block from their transformed ``t`` (blocks
+    that reach past the output's bottom or right edge are cropped)."""
     m = scheme.m
     part = out[blk.n0 : blk.n1, m * blk.h0 : m * blk.h1]
-    n, h, w, c = part.shape
-    blocks = _apply(scheme.output, t).reshape(m, m, n, h // m, w // m, c)
+    n, c = part.shape[0], part.shape[3]
+    blocks = _apply(scheme.output, t).reshape(m, m, n, blk.h1 - blk.h0, -1, c)
 
     def scatter(a: int, b: int) -> None:
-        part[:, a::m, b::m] = blocks[a, b]
+        target = part[:, a::m, b::m]
+        target[...] = blocks[a, b, :, : target.shape[1], : target.shape[2]]
 
     _each_offset(m, scatter, blocks.size)
 
 
-def _output_phases(part: np.ndarray, m: int) -> np.ndarray:
-    """``(m*m, N, H/m, W/m, C)``: the NHWC ``part`` split by position in its m x m blocks."""
-    n, h, w, c = part.shape
-    phases = np.empty((m * m, n, h // m, w // m, c), part.dtype)
+def _output_phases(part: np.ndarray, m: int, tiles_hw: Pair) -> np.ndarray:
+    """``(m*m, N, th, tw, C)``: the NHWC ``part`` split by position in its m x m blocks, for
+    ``tiles_hw`` blocks (zeros where they reach past its bottom or right edge)."""
+    n, c = part.shape[0], part.shape[3]
+    phases = np.empty((m * m, n, *tiles_hw, c), part.dtype)
 
     def gather(a: int, b: int) -> None:
-        phases[m * a + b] = part[:, a::m, b::m]
+        source, target = part[:, a::m, b::m], phases[m * a + b]
+        h, w = source.shape[1:3]
+        target[:, :h, :w] = source
+        target[:, h:] = 0
+        target[:, :h, w:] = 0
 
     _each_offset(m, gather, phases.size)
     return phases
@@ -170,15 +198,16 @@ def weights(weight: np.ndarray, flipped: bool = False) -> np.ndarray:
 
 
 def conv(
-    scheme: Scheme, xp: np.ndarray, w9: np.ndarray, keep: bool = False
+    scheme: Scheme, xp: np.ndarray, w9: np.ndarray, out_hw: Pair, keep: bool = False
 ) -> tuple[np.ndarray, Tiles | None]:
-    """The stride-1 correlation of the NHWC ``xp`` (padded by one) with ``(9, Cin, Cout)``
-    kernels, NHWC; with ``keep``, also the transformed input tiles of each block."""
-    n, hp, wp, _ = xp.shape
+    """The stride-1 correlation of the NHWC ``xp`` (padded as ``padding`` says) with
+    ``(9, Cin, Cout)`` kernels: ``out_hw`` outputs, NHWC; with ``keep``, also the transformed
+    input tiles of each block."""
+    n = xp.shape[0]
     u = _apply(scheme.weight, w9)
-    out = np.empty((n, hp - 2, wp - 2, w9.shape[2]), xp.dtype)
+    out = np.empty((n, *out_hw, w9.shape[2]), xp.dtype)
     kept = [] if keep else None
-    for blk in _blocks(scheme, n, (hp - 2, wp - 2), xp.shape[3], xp.itemsize):
+    for blk in _blocks(scheme, n, out_hw, xp.shape[3], xp.itemsize):
         v = _input_tiles(scheme, xp, blk)
         _output_block(scheme, out, matmul(v, u), blk)
         if kept is not None:
@@ -186,17 +215,17 @@ def conv(
     return out, kept
 
 
-def input_grad(scheme: Scheme, gy: np.ndarray, weight: np.ndarray, pads: tuple) -> np.ndarray:
+def input_grad(scheme: Scheme, gy: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """The NHWC input gradient: the padded NHWC ``gy`` convolved with the flipped weight."""
-    out, _ = conv(scheme, pad_nhwc(gy, pads), weights(weight, flipped=True))
+    hw = gy.shape[1:3]
+    out, _ = conv(scheme, pad_nhwc(gy, padding(scheme, hw)), weights(weight, flipped=True), hw)
     return out
 
 
-def tiles(scheme: Scheme, xp: np.ndarray) -> Iterator[np.ndarray]:
+def tiles(scheme: Scheme, xp: np.ndarray, out_hw: Pair) -> Iterator[np.ndarray]:
     """The transformed input tiles of each block of the padded NHWC ``xp``, as ``conv`` keeps
     them: for a weight gradient whose tiles were too large to keep."""
-    n, hp, wp, c = xp.shape
-    for blk in _blocks(scheme, n, (hp - 2, wp - 2), c, xp.itemsize):
+    for blk in _blocks(scheme, xp.shape[0], out_hw, xp.shape[3], xp.itemsize):
         yield _input_tiles(scheme, xp, blk)
 
 
@@ -206,9 +235,11 @@ def weight_grad(
     """The gradient of the kernels of ``conv``, as ``(9, Cout, Cin)``, from that of its output
     ``gy`` (NHWC) and the input tiles of its ``channels`` inputs (kept, or from ``tiles``)."""
     m, gu = scheme.m, None
+    tw = _covered(scheme, gy.shape[2]) // m
     blocks = _blocks(scheme, gy.shape[0], gy.shape[1:3], channels, gy.itemsize)
     for blk, v in zip(blocks, kept, strict=True):
-        grads = _output_phases(gy[blk.n0 : blk.n1, m * blk.h0 : m * blk.h1], m)
+        part = gy[blk.n0 : blk.n1, m * blk.h0 : m * blk.h1]
+        grads = _output_phases(part, m, (blk.h1 - blk.h0, tw))
         gt = _apply(scheme.output.T, grads).reshape(scheme.points, -1, gy.shape[3])
         block = matmul(gt.transpose(0, 2, 1), v)
         gu = block if gu is None else np.add(gu, block, out=gu)
