@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.nn.kernels.layout import Block, Pair, Window, pad_nhwc, row_blocks
+from engine.nn.kernels.layout import Block, Pads, Pair, Window, pad_nhwc, row_blocks
 from engine.parallel import matmul, parallel_ranges
 
 
@@ -107,7 +107,7 @@ def _covered(scheme: Scheme, size: int) -> int:
     return -(-size // scheme.m) * scheme.m
 
 
-def padding(scheme: Scheme, out_hw: Pair) -> tuple[int, int, int, int]:
+def padding(scheme: Scheme, out_hw: Pair) -> Pads:
     """The input's padding (top, bottom, left, right) for ``conv``: one all round, and as many
     more at the bottom and right as the outputs computed beyond ``out_hw`` need."""
     h, w = (_covered(scheme, s) - s for s in out_hw)
