@@ -70,6 +70,11 @@ def lane() -> int:
     return getattr(_state, "lane", 0)
 
 
+def in_piece() -> bool:
+    """True inside a piece of ``parallel`` (where nested calls run serially), on any thread."""
+    return getattr(_state, "busy", False)
+
+
 def _start_worker() -> None:
     _state.lane = next(_lanes)
 
@@ -130,7 +135,7 @@ def parallel(work: Callable[[int], R], count: int) -> list[R]:
     thread; serial with one thread, one piece, or inside another ``parallel`` piece. The
     error of the lowest-numbered piece that failed is raised here, once every piece has
     finished (as a serial loop would have raised it first)."""
-    if THREADS == 1 or count < 2 or getattr(_state, "busy", False):
+    if THREADS == 1 or count < 2 or in_piece():
         return [work(i) for i in range(count)]
     job = _Job(work, count)
     pool = _get_pool()
@@ -141,6 +146,12 @@ def parallel(work: Callable[[int], R], count: int) -> list[R]:
     if job.errors:
         raise job.errors[min(job.errors)]
     return job.results
+
+
+def side_by_side(*calls: Callable[[], R]) -> list[R]:
+    """``[call() for call in calls]``, each call a piece of ``parallel``: side by side on the
+    threads, each running its own passes serially."""
+    return parallel(lambda i: calls[i](), len(calls))
 
 
 def parallel_blocks(work: Callable[[int], R], count: int) -> list[R]:

@@ -16,7 +16,15 @@ import engine.parallel as parallel_module
 from engine.nn import functional as F
 from engine.nn.kernels import conv as conv_kernels
 from engine.nn.kernels import layout
-from engine.parallel import in_waves, lane, parallel, parallel_blocks, thread_count
+from engine.parallel import (
+    in_piece,
+    in_waves,
+    lane,
+    parallel,
+    parallel_blocks,
+    side_by_side,
+    thread_count,
+)
 
 
 @pytest.fixture
@@ -85,8 +93,13 @@ def test_the_thread_count_follows_the_blas_variables(monkeypatch: pytest.MonkeyP
 def test_parallel_blocks_are_whole_pieces_only_at_two_a_thread(two_threads: None) -> None:
     assert parallel_blocks(lambda i: (i, lane()), 3) == [(0, 0), (1, 0), (2, 0)]
     assert [i for i, _ in parallel_blocks(lambda i: (i, lane()), 4)] == [0, 1, 2, 3]
-    inside = parallel_blocks(lambda i: getattr(parallel_module._state, "busy", False), 4)
+    inside = parallel_blocks(lambda i: in_piece(), 4)
     assert inside == [True] * 4  # each block's own passes then run serially
+
+
+def test_side_by_side_runs_each_call_as_a_piece(two_threads: None) -> None:
+    assert not in_piece()
+    assert side_by_side(lambda: (1, in_piece()), lambda: (2, in_piece())) == [(1, True), (2, True)]
 
 
 def test_in_waves_yields_in_order_one_wave_of_pieces_at_a_time(two_threads: None) -> None:
@@ -115,6 +128,8 @@ def _train_steps(threads: int, monkeypatch: pytest.MonkeyPatch) -> list[np.ndarr
     after."""
     monkeypatch.setattr(parallel_module, "THREADS", threads)
     monkeypatch.setattr(parallel_module, "_splits_products", threads > 1)
+    # the strided conv's gradients (8 x 16 x 48x48) side by side, the first conv's one by one
+    monkeypatch.setattr(conv_kernels, "SIDE_BY_SIDE_ELEMENTS", 8 * 16 * 48 * 48)
     engine.manual_seed(0)
     conv = engine.nn.Conv2d(3, 16, 3, padding=1, bias=False)  # Winograd
     bn = engine.nn.BatchNorm2d(16)

@@ -2,9 +2,12 @@
 
 While `profile_ops()` is active, the forward and backward of the engine's kernel ops, the
 two halves of the convolution's backward (its module-level input-gradient and weight-gradient
-helpers) and the optimizer's step run under timers. Times are exclusive: a timed call inside
-another timed call counts only for itself, so the categories never add up to more than the
-step; what they leave out (autograd, loss, fc, additions, copies) is the rest of the step.
+helpers, or both side by side for a small layer) and the optimizer's step run under timers.
+Times are exclusive: a timed call inside another timed call counts only for itself, so the
+categories never add up to more than the step; what they leave out (autograd, loss, fc,
+additions, copies) is the rest of the step. Calls inside the pieces of work the engine spreads
+over its threads are not timed apart: they count for the timed call that started the pieces,
+on the calling thread.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from engine.parallel import in_piece
 
 WINOGRAD = "engine.nn.kernels.winograd"
 CONV = "engine.nn.kernels.conv"
@@ -29,6 +34,8 @@ TARGETS: dict[str, tuple[str, ...]] = {
         f"{WINOGRAD}:input_grad",
     ),
     "conv weight-grad": (f"{CONV}:weight_grad", f"{WINOGRAD}:weight_grad"),
+    # small convolutions compute both gradients at once, one a thread: timed together
+    "conv grads side by side": (f"{CONV}:gradients_side_by_side",),
     "conv backward, other": (f"{CONV}:Convolution.backward",),
     # ResNet's blocks fuse ReLU (and the residual add) into BatchNorm; standalone ReLUs remain
     "BatchNorm+ReLU forward": ("engine.nn.kernels.norm:BatchNorm.forward",),
@@ -54,6 +61,8 @@ class Profile:
 
         @functools.wraps(function)
         def run(*args: Any, **kwargs: Any) -> Any:
+            if in_piece():  # on the engine's threads: part of the timed call that started them
+                return function(*args, **kwargs)
             self._children.append(0.0)
             start = time.perf_counter()
             try:

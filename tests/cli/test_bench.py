@@ -1,5 +1,6 @@
-"""`finetune bench` end to end on tiny workloads (batch 2 of 32x32 images, one round of one
-step): the table, the profile and the JSON, --vs-torch, and usage errors. No timing is checked."""
+"""`finetune bench` end to end on tiny workloads (batch 2 of 32x32 images, 256x256 for the
+profile; one round of one step): the table, the profile and the JSON, --vs-torch, and usage
+errors. No timing is checked."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from test_main import assert_clean_failure
 from cli.bench import cases, runner
 from cli.bench.profile import TARGETS
 
-TINY = ["--size", "2x32", "--rounds", "1", "--steps", "1", "--warmup", "1"]
+TINY = ["--size", "2x32", "--rounds", "1", "--steps", "1", "--warmup", "1"]  # size first
 FIGURES = {"version", "steps_ms", "round_ms", "ms_per_step", "images_per_s", "peak_rss_mib"}
 
 
@@ -33,9 +34,11 @@ def image_folder(root: Path) -> Path:
 def test_every_workload_with_the_profile_and_json(tmp_path: Path):
     out = tmp_path / "bench.json"
     loader = image_folder(tmp_path / "images")
-    done = finetune(
-        "bench", *TINY, "--profile", "--json", str(out), "--loader", str(loader), cwd=tmp_path
-    )
+    # 256x256: layer1's gradients (2 x 64 x 64x64) are large enough to run one after another,
+    # layer3's and layer4's small enough to run side by side: every category of the profile is
+    # timed
+    args = ["--size", "2x256", *TINY[2:], "--profile", "--json", str(out), "--loader", str(loader)]
+    done = finetune("bench", *args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     table = done.stdout
     assert "engine ms/step" in table and "images/s" in table and "torch ms" not in table
@@ -62,7 +65,7 @@ def test_every_workload_with_the_profile_and_json(tmp_path: Path):
         assert len(engine["steps_ms"]) == 1 and len(engine["steps_ms"][0]) == 1
         assert engine["ms_per_step"].keys() == {"median", "min", "max"}
         assert engine["images_per_s"] > 0 and engine["peak_rss_mib"] > 0
-    assert (rows["train"]["batch"], rows["train"]["size"]) == (2, 32)
+    assert (rows["train"]["batch"], rows["train"]["size"]) == (2, 256)
     assert rows["loader"]["engine"]["images"] == 4 and "profile" not in rows["loader"]["engine"]
     profile = rows["train"]["engine"]["profile"]
     assert profile["missing"] == []  # every timed op is still where the profiler looks

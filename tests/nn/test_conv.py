@@ -201,6 +201,25 @@ def test_winograd_takes_even_3x3_stride_1_and_agrees_with_im2col(
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("case", ["3x3-winograd", "3x3-pad2-dil2-g2", "depthwise-s2"])
+def test_gradients_side_by_side_or_one_after_the_other_give_the_same_bits(
+    monkeypatch: pytest.MonkeyPatch, case: str, rng: np.random.Generator
+) -> None:
+    tensors = _inputs(CASES[case], rng, np.float32)
+    gy = None
+    results = []
+    for elements in (0, 1 << 30):  # never side by side, always
+        monkeypatch.setattr(conv, "SIDE_BY_SIDE_ELEMENTS", elements)
+        for t in tensors:
+            if t is not None:
+                t.grad = None
+        y = _call(CASES[case])(*tensors)
+        gy = rng.standard_normal(y.shape).astype(np.float32) if gy is None else gy
+        results.append(_grads(y, gy, tensors))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_winograd_only_where_it_pays() -> None:
     square = layout.Window((3, 3), (1, 1), (1, 1))
     assert winograd.fits(square, (1, 1, 1, 1), (8, 6), 1)
