@@ -207,7 +207,8 @@ def input_grad_flipped(
 def gradients_side_by_side(
     weight_grad: Callable[[], np.ndarray], input_grad: Callable[[], np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A convolution's weight and input gradients, one a thread (``parallel.side_by_side``)."""
+    """A convolution's weight and input gradients, one a thread (``parallel.side_by_side``); a
+    function of its own so that ``finetune bench --profile`` can time the pair."""
     gw, gx = side_by_side(weight_grad, input_grad)
     return gw, gx
 
