@@ -154,16 +154,6 @@ def side_by_side(*calls: Callable[[], R]) -> list[R]:
     return parallel(lambda i: calls[i](), len(calls))
 
 
-def parallel_blocks(work: Callable[[int], R], count: int) -> list[R]:
-    """``[work(i) for i in range(count)]`` for blocks of a kernel's work whose own passes
-    and products split over the threads: whole blocks go to the threads when there are at
-    least two a thread (fewer hand-offs, each block in one core's cache); fewer would leave a
-    thread idle, and run one after another, each split."""
-    if count >= 2 * THREADS:
-        return parallel(work, count)
-    return [work(i) for i in range(count)]
-
-
 def in_waves(work: Callable[[int], R], count: int) -> Iterator[R]:
     """``work(i)`` for each ``i < count``, yielded in order, computed a wave of one piece a
     thread at a time: for sums of large partial results, added in piece order whatever the

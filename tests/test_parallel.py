@@ -21,7 +21,6 @@ from engine.parallel import (
     in_waves,
     lane,
     parallel,
-    parallel_blocks,
     side_by_side,
     thread_count,
 )
@@ -90,13 +89,6 @@ def test_the_thread_count_follows_the_blas_variables(monkeypatch: pytest.MonkeyP
     assert thread_count() == 1
 
 
-def test_parallel_blocks_are_whole_pieces_only_at_two_a_thread(two_threads: None) -> None:
-    assert parallel_blocks(lambda i: (i, lane()), 3) == [(0, 0), (1, 0), (2, 0)]
-    assert [i for i, _ in parallel_blocks(lambda i: (i, lane()), 4)] == [0, 1, 2, 3]
-    inside = parallel_blocks(lambda i: in_piece(), 4)
-    assert inside == [True] * 4  # each block's own passes then run serially
-
-
 def test_side_by_side_runs_each_call_as_a_piece(two_threads: None) -> None:
     assert not in_piece()
     assert side_by_side(lambda: (1, in_piece()), lambda: (2, in_piece())) == [(1, True), (2, True)]
@@ -152,8 +144,8 @@ def _train_steps(threads: int, monkeypatch: pytest.MonkeyPatch) -> list[np.ndarr
 def test_threaded_kernels_give_the_serial_bits(
     monkeypatch: pytest.MonkeyPatch, blocks: str
 ) -> None:
-    """Whole arrays split op by op; or im2col (each block on one thread) and Winograd in many
-    blocks, kept for backward or rebuilt there (weight gradients summed over blocks)."""
+    """Whole arrays split op by op; or im2col and Winograd in many blocks, kept for backward or
+    rebuilt there (im2col weight gradients: a block a thread, summed in block order)."""
     if blocks == "whole":
         monkeypatch.setattr(parallel_module, "MIN_SPLIT_FLOPS", 0)
     else:  # tiny products are not split: OpenBLAS multiplies very small matrices differently
