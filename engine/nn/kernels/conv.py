@@ -110,17 +110,13 @@ def gemm_conv(
     cout, k = wmat.shape
     cog = cout // groups
     out = np.empty((n * ho * wo, cout), xp.dtype)
-    keeping = keep and n * ho * wo * k * xp.itemsize <= KEEP_BYTES
-    columns = BlockColumns(xp, win, out_hw, groups)
-
-    def product(i: int) -> tuple[Block, int, np.ndarray] | None:
-        blk, g, cols = columns[i]
+    kept = [] if keep and n * ho * wo * k * xp.itemsize <= KEEP_BYTES else None
+    for blk, g, cols in BlockColumns(xp, win, out_hw, groups):
         gs = slice(g * cog, (g + 1) * cog)
         _matmul_into(cols, wmat[gs].T, out[blk.r0 : blk.r1, gs])
-        return (blk, g, cols) if keeping else None
-
-    done = [product(i) for i in range(len(columns))]
-    return out, done if keeping else None
+        if kept is not None:
+            kept.append((blk, g, cols))
+    return out, kept
 
 
 def weight_grad(
