@@ -6,11 +6,13 @@ with backward masking the gradient on its way in.
 All the work happens on a channels-last ``(N', L, C)`` view of the input (free for NHWC memory,
 for NCHW-contiguous memory and for ``(N, C)`` matrices), walked in blocks of rows that stay in
 cache, with per-channel constants repeated over a block (NumPy is twice as fast on two dense
-blocks as on a broadcast vector). Channel sums are BLAS products with a ones vector and
-squared deviations are summed by ``einsum``, both in one pass; partial sums are added in
-float64. Backward is ``dx = a*dy + b*x + c`` per channel, without materialising x-hat. For
-data whose mean is large next to its spread, sums and affine maps subtract (an estimate of)
-the mean first so as not to lose digits; elsewhere they save that pass.
+blocks as on a broadcast vector). Squared deviations are summed by ``einsum``, and channel
+sums in the same pass by a BLAS product with a ones vector, or, when the blocks are spread
+over the threads, by ``einsum`` too (NumPy holds the GIL through a matrix-vector product, so
+the threads' products would take turns); partial sums are added in float64. Backward is
+``dx = a*dy + b*x + c`` per channel, without materialising x-hat. For data whose mean is large
+next to its spread, sums and affine maps subtract (an estimate of) the mean first so as not to
+lose digits; elsewhere they save that pass.
 
 Sync BatchNorm (torch's ``SyncBatchNorm``, for a batch split over processes): inside
 ``synced_batch_stats(sync)``, training-mode batch norm hands its per-channel moments to
@@ -119,11 +121,16 @@ def _blocks(*views: np.ndarray) -> list[tuple[np.ndarray, ...]]:
     ]
 
 
+def _split(rows: np.ndarray) -> bool:
+    """Whether ``_each_block`` spreads the blocks of ``rows`` over the engine's threads."""
+    return rows.size >= MIN_ELEMENTS
+
+
 def _each_block(work: Callable[..., R], *views: np.ndarray) -> list[R]:
     """``work(*blocks)`` for the same blocks of rows of several ``(N', L, C)`` views, spread
-    over the engine's threads; the results in block order."""
+    over the engine's threads (``_split``); the results in block order."""
     blocks = _blocks(*views)
-    if views[0].size < MIN_ELEMENTS:
+    if not _split(views[0]):
         return [work(*block) for block in blocks]
     return parallel(lambda i: work(*blocks[i]), len(blocks))
 
@@ -137,14 +144,15 @@ def _centered_sums(
     second sum is the sum of squared deviations from ``shift``. A None ``shift`` is zero.
     Blocks run on the engine's threads; their partial sums are added in block order.
     """
-    ones = np.ones(_block_rows(rows), rows.dtype)
+    ones = None if _split(rows) else np.ones(_block_rows(rows), rows.dtype)
     shift = None if shift is None else _tiled(shift, rows)
 
     def sum_block(x: np.ndarray, v: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         m = len(x)
         centered = x if shift is None else np.subtract(x, shift[:m])
         v = centered if v is None else v
-        return ones[:m] @ v, np.einsum("mc,mc->c", v, centered)
+        sums = np.einsum("mc->c", v) if ones is None else ones[:m] @ v
+        return sums, np.einsum("mc,mc->c", v, centered)
 
     sums, dots = np.zeros(rows.shape[2]), np.zeros(rows.shape[2])
     views = (rows,) if other is None else (rows, other)
