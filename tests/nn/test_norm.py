@@ -51,10 +51,12 @@ def assert_close(ours, theirs, what="", rtol=1e-5, atol=1e-5):
 
 @pytest.fixture(params=[None, 40], ids=["one-block", "small-blocks"])
 def block(request, monkeypatch):
-    """The default block size, then tiny blocks (several per image, partial last blocks)
-    spread over the threads as large arrays are, with their channel sums taken that way."""
+    """The default block size, then tiny blocks (several per image, partial last blocks, each
+    a stack of whole tiles of constants and the rows left over) spread over the threads as large
+    arrays are, with their channel sums taken that way."""
     if request.param is not None:
         monkeypatch.setattr(norm, "BLOCK_ELEMENTS", request.param)
+        monkeypatch.setattr(norm, "TILE_ELEMENTS", 6)
         monkeypatch.setattr(norm, "MIN_ELEMENTS", 0)
 
 
