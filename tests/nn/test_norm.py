@@ -57,7 +57,7 @@ def block(request, monkeypatch):
     if request.param is not None:
         monkeypatch.setattr(norm, "BLOCK_ELEMENTS", request.param)
         monkeypatch.setattr(norm, "TILE_ELEMENTS", 6)
-        monkeypatch.setattr(norm, "MIN_ELEMENTS", 0)
+        monkeypatch.setattr(norm, "SPLIT_ELEMENTS", 0)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
