@@ -25,6 +25,7 @@ from engine.nn.kernels.layout import (
     Pads,
     Pair,
     Window,
+    channels_innermost,
     nchw,
     nhwc,
     offsets,
@@ -236,15 +237,17 @@ class Convolution(Op):
         need_x, need_w, _ = self.needs_input_grad
         scheme = winograd.fits(self.win, self.pads, self.out_hw, self.groups, x.dtype)
         self.winograd = scheme
-        xp = pad_nhwc(nhwc(x), self._input_pads())
         col2im = need_x and not (scheme or self._flipped(cout))
         wmat = None if scheme and not col2im else weight_matrix(weight)
         keep = self.requires_grad and need_w
         if scheme:
             tiles = winograd.tile_count(scheme, n, self.out_hw)
-            keep = keep and scheme.points * tiles * xp.shape[3] * xp.itemsize <= WINOGRAD_KEEP_BYTES
-            out, kept = winograd.conv(scheme, xp, winograd.weights(weight), self.out_hw, keep)
+            keep = keep and scheme.points * tiles * x.shape[1] * x.itemsize <= WINOGRAD_KEEP_BYTES
+            out, kept = winograd.conv(
+                scheme, channels_innermost(nhwc(x)), winograd.weights(weight), keep
+            )
         else:
+            xp = pad_nhwc(nhwc(x), self.pads)
             out, kept = gemm_conv(xp, wmat, self.win, self.out_hw, self.groups, keep)
         out = out.reshape(n, *self.out_hw, cout)
         if bias is not None:
@@ -267,10 +270,6 @@ class Convolution(Op):
             return reduced, reduced, reduced
         flipped = 2 * n * h * w * cin * kh * kw * self.cout // self.groups
         return direct, flipped if self._flipped(self.cout) else direct, direct
-
-    def _input_pads(self) -> Pads:
-        """The input's padding: Winograd's when it computes outputs past the edge to crop."""
-        return winograd.padding(self.winograd, self.out_hw) if self.winograd else self.pads
 
     def _flipped(self, cout: int) -> bool:
         return self.stride == (1, 1) and cout < FLIPPED_MAX_CHANNELS
@@ -299,8 +298,7 @@ class Convolution(Op):
         cout = gy2d.shape[1]
         if self.winograd:
             if kept is None:
-                xp = pad_nhwc(nhwc(x._data), self._input_pads())
-                kept = winograd.tiles(self.winograd, xp, self.out_hw)
+                kept = winograd.tiles(self.winograd, channels_innermost(nhwc(x._data)))
             cin = self.in_shape[3]
             gw9 = winograd.weight_grad(self.winograd, kept, gy_nhwc, cin)  # rows of Cin
             gw = np.ascontiguousarray(gw9.transpose(1, 0, 2)).reshape(cout, -1)

@@ -8,10 +8,12 @@ fewer multiplications than direct for m = 2, 4 times for m = 4. The transforms a
 constant matrices applied as matrix products, so BLAS does all the arithmetic, and backward
 uses their transposes. F(4x4) rounds more (its transforms reach 8 and 1/15), within float32
 parity; float64 convolutions always take F(2x2), whose transforms are exact in binary. Arrays
-are channels-last: NHWC images, tiles as ``(P, T, C)`` for P points and T tiles. A side that
-is no multiple of m is computed up to the next multiple (the input padded further with zeros)
-and cropped. Large inputs are worked through in blocks of tile rows
-(``layout.row_blocks``) that stay in cache.
+are channels-last: NHWC images, tiles as ``(P, T, C)`` for P points and T tiles. Tiles are
+gathered straight from the unpadded input, with zeros where they reach into the padding (a
+padded copy of the input would cost a pass over memory each time). A side that is no multiple
+of m is computed up to the next multiple (as if the input were padded further with zeros) and
+cropped. Large inputs are worked through in blocks of tile rows (``layout.row_blocks``) that
+stay in cache.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.nn.kernels.layout import Block, Pads, Pair, Window, pad_nhwc, row_blocks
+from engine.nn.kernels.layout import Block, Pair, Window, row_blocks, span
 from engine.parallel import matmul, parallel_ranges
 
 
@@ -107,13 +109,6 @@ def _covered(scheme: Scheme, size: int) -> int:
     return -(-size // scheme.m) * scheme.m
 
 
-def padding(scheme: Scheme, out_hw: Pair) -> Pads:
-    """The input's padding (top, bottom, left, right) for ``conv``: one all round, and as many
-    more at the bottom and right as the outputs computed beyond ``out_hw`` need."""
-    h, w = (_covered(scheme, s) - s for s in out_hw)
-    return 1, 1 + h, 1, 1 + w
-
-
 def tile_count(scheme: Scheme, n: int, out_hw: Pair) -> int:
     """The tiles of ``n`` images of ``out_hw`` outputs."""
     return n * _covered(scheme, out_hw[0]) * _covered(scheme, out_hw[1]) // scheme.m**2
@@ -131,19 +126,38 @@ def _blocks(scheme: Scheme, n: int, out_hw: Pair, channels: int, itemsize: int) 
     return row_blocks(n, th, tw, scheme.points * channels * itemsize)
 
 
-def _input_tiles(scheme: Scheme, xp: np.ndarray, blk: Block) -> np.ndarray:
-    """The transformed tiles ``(P, T, C)`` of one block of the padded ``xp``."""
+def _input_tiles(scheme: Scheme, x: np.ndarray, blk: Block) -> np.ndarray:
+    """The transformed tiles ``(P, T, C)`` of one block of the NHWC ``x``, padded by one (and
+    past its bottom and right edges by as many zeros as the tiles reach)."""
     m, side = scheme.m, scheme.m + 2
-    tw, c = (xp.shape[2] - 2) // m, xp.shape[3]
-    part = xp[blk.n0 : blk.n1, m * blk.h0 : m * blk.h1 + 2]
-    th = blk.h1 - blk.h0
-    taps = np.empty((scheme.points, blk.n1 - blk.n0, th, tw, c), xp.dtype)
+    (_, h, w, c), tw = x.shape, _covered(scheme, x.shape[2]) // m
+    part = x[blk.n0 : blk.n1]
+    taps = np.empty((scheme.points, blk.n1 - blk.n0, blk.h1 - blk.h0, tw, c), x.dtype)
 
     def gather(a: int, b: int) -> None:
-        taps[side * a + b] = part[:, a : a + m * th : m, b : b + m * tw : m]
+        target = taps[side * a + b]
+        rows, cols = span(a, 1, m, 1, h, blk.h0, blk.h1), span(b, 1, m, 1, w, 0, tw)
+        if rows is None or cols is None:
+            target.fill(0)
+            return
+        (source_rows, tile_rows), (source_cols, tile_cols) = rows, cols
+        target[:, tile_rows, tile_cols] = part[:, source_rows, source_cols]
+        _zero_outside(target, tile_rows, tile_cols)
 
     _each_offset(side, gather, taps.size)
     return _apply(scheme.input, taps).reshape(scheme.points, -1, c)
+
+
+def _zero_outside(taps: np.ndarray, rows: slice, cols: slice) -> None:
+    """Zero ``(N, th, tw, C)`` taps outside ``[rows, cols]``: the ones that fall in padding."""
+    for region in (
+        np.s_[:, : rows.start],
+        np.s_[:, rows.stop :],
+        np.s_[:, rows, : cols.start],
+        np.s_[:, rows, cols.stop :],
+    ):
+        if taps[region].size:
+            taps[region] = 0
 
 
 def _output_block(scheme: Scheme, out: np.ndarray, t: np.ndarray, blk: Block) -> None:
@@ -198,17 +212,17 @@ def weights(weight: np.ndarray, flipped: bool = False) -> np.ndarray:
 
 
 def conv(
-    scheme: Scheme, xp: np.ndarray, w9: np.ndarray, out_hw: Pair, keep: bool = False
+    scheme: Scheme, x: np.ndarray, w9: np.ndarray, keep: bool = False
 ) -> tuple[np.ndarray, Tiles | None]:
-    """The stride-1 correlation of the NHWC ``xp`` (padded as ``padding`` says) with
-    ``(9, Cin, Cout)`` kernels: ``out_hw`` outputs, NHWC; with ``keep``, also the transformed
-    input tiles of each block."""
-    n = xp.shape[0]
+    """The stride-1 correlation of the NHWC ``x``, padded by one, with ``(9, Cin, Cout)``
+    kernels: an NHWC output of the input's height and width; with ``keep``, also the
+    transformed input tiles of each block."""
+    n, out_hw = x.shape[0], x.shape[1:3]
     u = _apply(scheme.weight, w9)
-    out = np.empty((n, *out_hw, w9.shape[2]), xp.dtype)
+    out = np.empty((n, *out_hw, w9.shape[2]), x.dtype)
     kept = [] if keep else None
-    for blk in _blocks(scheme, n, out_hw, xp.shape[3], xp.itemsize):
-        v = _input_tiles(scheme, xp, blk)
+    for blk in _blocks(scheme, n, out_hw, x.shape[3], x.itemsize):
+        v = _input_tiles(scheme, x, blk)
         _output_block(scheme, out, matmul(v, u), blk)
         if kept is not None:
             kept.append(v)
@@ -216,17 +230,16 @@ def conv(
 
 
 def input_grad(scheme: Scheme, gy: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """The NHWC input gradient: the padded NHWC ``gy`` convolved with the flipped weight."""
-    hw = gy.shape[1:3]
-    out, _ = conv(scheme, pad_nhwc(gy, padding(scheme, hw)), weights(weight, flipped=True), hw)
-    return out
+    """The NHWC input gradient: the NHWC ``gy``, padded by one, convolved with the flipped
+    weight."""
+    return conv(scheme, gy, weights(weight, flipped=True))[0]
 
 
-def tiles(scheme: Scheme, xp: np.ndarray, out_hw: Pair) -> Iterator[np.ndarray]:
-    """The transformed input tiles of each block of the padded NHWC ``xp``, as ``conv`` keeps
-    them: for a weight gradient whose tiles were too large to keep."""
-    for blk in _blocks(scheme, xp.shape[0], out_hw, xp.shape[3], xp.itemsize):
-        yield _input_tiles(scheme, xp, blk)
+def tiles(scheme: Scheme, x: np.ndarray) -> Iterator[np.ndarray]:
+    """The transformed input tiles of each block of the NHWC ``x``, as ``conv`` keeps them:
+    for a weight gradient whose tiles were too large to keep."""
+    for blk in _blocks(scheme, x.shape[0], x.shape[1:3], x.shape[3], x.itemsize):
+        yield _input_tiles(scheme, x, blk)
 
 
 def weight_grad(
