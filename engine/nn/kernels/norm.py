@@ -41,7 +41,7 @@ SPLIT_ELEMENTS = 1 << 19  # arrays from this size have their blocks spread over 
 # 16x256x14x14 layers, forward and backward: 7.8 -> 6.6 ms; 32x64x16x16: 5.9 -> 5.4 ms)
 TILE_ELEMENTS = 1 << 12  # per-channel constants are repeated over this many elements; over a
 # whole 1 MiB block (three such blocks beside the data overflow a 2 MiB L2), the affine maps of
-# ResNet18's layers took 4-18% longer with data fresh from memory, as in a train step
+# ResNet18's layers took 3-22% longer with data fresh from memory, as in a train step
 FAR_FROM_ZERO = 8.0  # |mean| / std beyond which affine maps subtract the mean before scaling
 NEAR_ZERO = 1.0  # |mean| / std up to which sums over x skip subtracting the mean first
 SAMPLE_ELEMENTS = 1 << 14  # the first rows that tell whether the mean is near zero
