@@ -25,7 +25,6 @@ from engine.nn.kernels.layout import (
     Pads,
     Pair,
     Window,
-    channels_innermost,
     nchw,
     nhwc,
     offsets,
@@ -243,9 +242,7 @@ class Convolution(Op):
         if scheme:
             tiles = winograd.tile_count(scheme, n, self.out_hw)
             keep = keep and scheme.points * tiles * x.shape[1] * x.itemsize <= WINOGRAD_KEEP_BYTES
-            out, kept = winograd.conv(
-                scheme, channels_innermost(nhwc(x)), winograd.weights(weight), keep
-            )
+            out, kept = winograd.conv(scheme, nhwc(x), winograd.weights(weight), keep)
         else:
             xp = pad_nhwc(nhwc(x), self.pads)
             out, kept = gemm_conv(xp, wmat, self.win, self.out_hw, self.groups, keep)
@@ -298,7 +295,7 @@ class Convolution(Op):
         cout = gy2d.shape[1]
         if self.winograd:
             if kept is None:
-                kept = winograd.tiles(self.winograd, channels_innermost(nhwc(x._data)))
+                kept = winograd.tiles(self.winograd, nhwc(x._data))
             cin = self.in_shape[3]
             gw9 = winograd.weight_grad(self.winograd, kept, gy_nhwc, cin)  # rows of Cin
             gw = np.ascontiguousarray(gw9.transpose(1, 0, 2)).reshape(cout, -1)

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.nn.kernels.layout import Block, Pair, Window, row_blocks, span
+from engine.nn.kernels.layout import Block, Pair, Window, channels_innermost, row_blocks, span
 from engine.parallel import matmul, parallel_ranges
 
 
@@ -217,6 +217,7 @@ def conv(
     """The stride-1 correlation of the NHWC ``x``, padded by one, with ``(9, Cin, Cout)``
     kernels: an NHWC output of the input's height and width; with ``keep``, also the
     transformed input tiles of each block."""
+    x = channels_innermost(x)
     n, out_hw = x.shape[0], x.shape[1:3]
     u = _apply(scheme.weight, w9)
     out = np.empty((n, *out_hw, w9.shape[2]), x.dtype)
@@ -238,6 +239,7 @@ def input_grad(scheme: Scheme, gy: np.ndarray, weight: np.ndarray) -> np.ndarray
 def tiles(scheme: Scheme, x: np.ndarray) -> Iterator[np.ndarray]:
     """The transformed input tiles of each block of the NHWC ``x``, as ``conv`` keeps them:
     for a weight gradient whose tiles were too large to keep."""
+    x = channels_innermost(x)
     for blk in _blocks(scheme, x.shape[0], x.shape[1:3], x.shape[3], x.itemsize):
         yield _input_tiles(scheme, x, blk)
 
