@@ -149,7 +149,8 @@ def _input_tiles(scheme: Scheme, x: np.ndarray, blk: Block) -> np.ndarray:
 
 
 def _zero_outside(taps: np.ndarray, rows: slice, cols: slice) -> None:
-    """Zero ``(N, th, tw, C)`` taps outside ``[rows, cols]``: the ones that fall in padding."""
+    """Zero ``(N, th, tw, C)`` taps outside ``[rows, cols]`` (where tiles reach into the
+    padding, or past the edge of the outputs)."""
     for region in (
         np.s_[:, : rows.start],
         np.s_[:, rows.stop :],
@@ -185,8 +186,7 @@ def _output_phases(part: np.ndarray, m: int, tiles_hw: Pair) -> np.ndarray:
         source, target = part[:, a::m, b::m], phases[m * a + b]
         h, w = source.shape[1:3]
         target[:, :h, :w] = source
-        target[:, h:] = 0
-        target[:, :h, w:] = 0
+        _zero_outside(target, slice(0, h), slice(0, w))
 
     _each_offset(m, gather, phases.size)
     return phases
