@@ -126,7 +126,8 @@ def _torch_run(torch, case: tuple, tensors: tuple, gy: np.ndarray) -> list[np.nd
 def _assert_close(ours: np.ndarray, ref: np.ndarray) -> None:
     """Equal to float32 round-off, relative to the size of the values."""
     assert ours.dtype == ref.dtype and ours.shape == ref.shape
-    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(ref).max()))
+    scale = max(1.0, np.abs(ref).max(initial=0.0))
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5 * scale)
 
 
 def _check_parity(torch, case: tuple, channels_last: bool, rng: np.random.Generator) -> None:
@@ -154,6 +155,13 @@ def test_torch_parity_resnet18_shapes(torch, shape: tuple, rng: np.random.Genera
     cin, cout, k, stride, padding, h = shape
     case = (2, cin, cout, k, stride, padding, 1, 1, False, (h, h))
     _check_parity(torch, case, channels_last=cin > 3, rng=rng)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("case", ["3x3-winograd", "3x3-s2-nopad", "1x1", "7x7-s2-pad3"])
+def test_torch_parity_empty_batch(torch, case: str, rng: np.random.Generator) -> None:
+    """No images: an empty output, and zero weight and bias gradients, as torch's."""
+    _check_parity(torch, (0, *CASES[case][1:]), channels_last=False, rng=rng)
 
 
 @pytest.mark.torch

@@ -236,6 +236,14 @@ def test_running_stats_match_torch_over_steps(torch, rng, steps, schedule):
     compare_with_torch(torch, sequence, params, grad)
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_empty_batch_matches_torch(torch, rng, block, training):
+    """No values: an empty output, zero weight and bias gradients, running buffers left alone."""
+    x = np.zeros((0, 3, 4, 2), np.float32)
+    compare_with_torch(torch, [(x, 0.1)], channel_params(rng, 3, np.float32), x, training=training)
+
+
 def test_data_far_from_zero_keeps_float32_accuracy(rng):
     """A mean 10^4 times the spread: neither the variance nor the output may cancel away.
 

@@ -239,7 +239,10 @@ class Convolution(Op):
         col2im = need_x and not (scheme or self._flipped(cout))
         wmat = None if scheme and not col2im else weight_matrix(weight)
         keep = self.requires_grad and need_w
-        if scheme:
+        self.empty = x.size == 0  # no images (or no input channels): torch's zeros
+        if self.empty:
+            out, kept = np.zeros((n, *self.out_hw, cout), x.dtype), None
+        elif scheme:
             tiles = winograd.tile_count(scheme, n, self.out_hw)
             keep = keep and scheme.points * tiles * x.shape[1] * x.itemsize <= WINOGRAD_KEEP_BYTES
             out, kept = winograd.conv(scheme, nhwc(x), winograd.weights(weight), keep)
@@ -280,7 +283,11 @@ class Convolution(Op):
         gy_nhwc = nhwc(gy)
         gy2d = gy_nhwc.reshape(-1, cout)
         gb = np.ones(gy2d.shape[0], gy.dtype) @ gy2d if need_b else None
-        if need_x and need_w and gy.size <= SIDE_BY_SIDE_ELEMENTS:
+        if self.empty:
+            x, weight = self.saved_tensors
+            gw = np.zeros_like(weight._data) if need_w else None
+            gx = np.zeros_like(x._data) if need_x else None
+        elif need_x and need_w and gy.size <= SIDE_BY_SIDE_ELEMENTS:
             gw, gx = gradients_side_by_side(
                 lambda: self._weight_grad(gy_nhwc, gy2d), lambda: self._input_grad(gy_nhwc, gy2d)
             )

@@ -133,7 +133,7 @@ def _tile_pieces(tile_rows: int, *blocks: np.ndarray) -> Iterator[tuple[int, lis
 def _blocks(*views: np.ndarray) -> list[tuple[np.ndarray, ...]]:
     """The same blocks of rows, ``(rows, C)`` matrices, of several ``(N', L, C)`` views."""
     n, length, c = views[0].shape
-    step = _block_rows(views[0])
+    step = max(1, _block_rows(views[0]))  # at least one row: an empty batch has no blocks
     return [
         tuple(v[i, start : start + step] for v in views)
         for i in range(n)
@@ -193,10 +193,12 @@ def _moments(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     taken from the sample's mean, close to the true mean, so that the variance does not suffer
     cancellation; otherwise from zero, which saves a subtraction.
     """
+    count = rows.shape[0] * rows.shape[1]
+    if count == 0:  # an empty batch (torch's running statistics stay as they are)
+        return np.zeros(rows.shape[2]), np.zeros(rows.shape[2])
     sample = rows[0, : max(2, SAMPLE_ELEMENTS // rows.shape[2])]
     shift = _center(sample.mean(0), 1.0 / sample.std(0), NEAR_ZERO)
     shift = None if shift is None else shift.astype(rows.dtype)
-    count = rows.shape[0] * rows.shape[1]
     sums, squares = _centered_sums(rows, shift)
     offset = sums / count
     return (offset if shift is None else shift + offset), squares / count - offset * offset
@@ -421,9 +423,11 @@ def batch_norm(
         )
     op = BatchNorm(training, eps, relu, _sync[-1] if training and _sync else None)
     out = op(input, weight, bias, running_mean, running_var, residual)
-    if training and running_mean is not None:
+    if not training or op.count == 0:  # torch leaves the running statistics of no values
+        return out
+    if running_mean is not None:
         _update_running(running_mean, op.batch_mean, momentum)
-    if training and running_var is not None:
+    if running_var is not None:
         count = op.count
         _update_running(running_var, op.batch_var * (count / (count - 1)), momentum)
     return out
