@@ -230,23 +230,30 @@ def test_gradients_side_by_side_or_one_after_the_other_give_the_same_bits(
 
 def test_winograd_only_where_it_pays() -> None:
     square = layout.Window((3, 3), (1, 1), (1, 1))
-    assert winograd.fits(square, (1, 1, 1, 1), (8, 6), 1)
-    assert not winograd.fits(square, (1, 1, 1, 1), (7, 6), 1)  # odd
-    assert not winograd.fits(square, (1, 1, 1, 1), (2, 2), 1)  # too few tiles
-    assert not winograd.fits(square, (0, 0, 0, 0), (8, 8), 1)
-    assert not winograd.fits(square, (1, 1, 1, 1), (8, 8), 2)
-    assert not winograd.fits(layout.Window((3, 3), (2, 2), (1, 1)), (1, 1, 1, 1), (8, 8), 1)
-    assert winograd.fits(square, (1, 1, 1, 1), (8, 12), 1, np.float32) is winograd.F4
-    assert winograd.fits(square, (1, 1, 1, 1), (8, 12), 1, np.float64) is winograd.F2
-    assert winograd.fits(square, (1, 1, 1, 1), (8, 6), 1, np.float32) is winograd.F2
-    assert winograd.fits(square, (1, 1, 1, 1), (6, 6), 1, np.float32) is winograd.F2
-    assert not winograd.fits(square, (1, 1, 1, 1), (4, 4), 1, np.float32)  # too few tiles
-    assert winograd.fits(square, (1, 1, 1, 1), (14, 14), 1, np.float32) is winograd.F4  # cropped
-    assert winograd.fits(square, (1, 1, 1, 1), (15, 16), 1, np.float32) is winograd.F4
-    assert winograd.fits(square, (1, 1, 1, 1), (14, 14), 1, np.float64) is winograd.F2
-    assert not winograd.fits(square, (1, 1, 1, 1), (15, 16), 1, np.float64)  # odd
-    assert winograd.fits(square, (1, 1, 1, 1), (10, 10), 1, np.float32) is winograd.F2  # 12/10
-    assert not winograd.fits(square, (1, 1, 1, 1), (7, 7), 1, np.float32)  # odd, under 8
+    assert winograd.fits(square, (1, 1, 1, 1), 1, (8, 6), 1)
+    assert not winograd.fits(square, (1, 1, 1, 1), 1, (7, 6), 1)  # odd
+    assert not winograd.fits(square, (1, 1, 1, 1), 1, (2, 2), 1)  # too few tiles
+    assert not winograd.fits(square, (0, 0, 0, 0), 1, (8, 8), 1)
+    assert not winograd.fits(square, (1, 1, 1, 1), 1, (8, 8), 2)
+    assert not winograd.fits(layout.Window((3, 3), (2, 2), (1, 1)), (1, 1, 1, 1), 1, (8, 8), 1)
+    assert winograd.fits(square, (1, 1, 1, 1), 1, (8, 12), 1, np.float32) is winograd.F4
+    assert winograd.fits(square, (1, 1, 1, 1), 1, (8, 12), 1, np.float64) is winograd.F2
+    assert winograd.fits(square, (1, 1, 1, 1), 1, (8, 6), 1, np.float32) is winograd.F2
+    assert winograd.fits(square, (1, 1, 1, 1), 1, (6, 6), 1, np.float32) is winograd.F2
+    assert not winograd.fits(square, (1, 1, 1, 1), 1, (4, 4), 1, np.float32)  # too few tiles
+    assert winograd.fits(square, (1, 1, 1, 1), 1, (14, 14), 1, np.float32) is winograd.F4  # cropped
+    assert winograd.fits(square, (1, 1, 1, 1), 1, (15, 16), 1, np.float32) is winograd.F4
+    assert winograd.fits(square, (1, 1, 1, 1), 1, (14, 14), 1, np.float64) is winograd.F2
+    assert not winograd.fits(square, (1, 1, 1, 1), 1, (15, 16), 1, np.float64)  # odd
+    assert winograd.fits(square, (1, 1, 1, 1), 1, (10, 10), 1, np.float32) is winograd.F2  # 12/10
+    assert not winograd.fits(square, (1, 1, 1, 1), 1, (7, 7), 1, np.float32)  # odd, under 8
+    many = winograd.MIN_TILES_F4  # images of one tile (4x4), or 4 tiles (7x7)
+    assert winograd.fits(square, (1, 1, 1, 1), many, (4, 4), 1, np.float32) is winograd.F4
+    assert not winograd.fits(square, (1, 1, 1, 1), many - 1, (4, 4), 1, np.float32)
+    assert winograd.fits(square, (1, 1, 1, 1), many // 4, (7, 7), 1, np.float32) is winograd.F4
+    assert not winograd.fits(square, (1, 1, 1, 1), many // 4 - 1, (7, 7), 1, np.float32)
+    assert not winograd.fits(square, (1, 1, 1, 1), many, (7, 7), 1, np.float64)
+    assert not winograd.fits(square, (1, 1, 1, 1), many, (5, 5), 1, np.float32)  # 8/5 cover
 
 
 @pytest.mark.parametrize("blocks", ["one", "tile-rows"])
@@ -290,13 +297,16 @@ def test_winograd_schemes_compute_the_correlation_and_its_gradients(
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("hw", [(16, 12), (14, 15)], ids=["whole", "cropped"])
+@pytest.mark.parametrize(
+    ("n", "hw"), [(2, (16, 12)), (2, (14, 15)), (24, (7, 7))], ids=["whole", "cropped", "7x7"]
+)
 def test_torch_parity_winograd_f4(
-    torch, tiny_blocks: None, hw: tuple, rng: np.random.Generator
+    torch, tiny_blocks: None, n: int, hw: tuple, rng: np.random.Generator
 ) -> None:
     """F(4x4, 3x3) in float32, block by block, on 64 channels: within float32 parity; sides
-    that are no multiple of 4 computed further and cropped."""
-    case = (2, 64, 64, 3, 1, 1, 1, 1, False, hw)
+    that are no multiple of 4 computed further and cropped (7x7: a side under 8, taken for a
+    batch of many tiles)."""
+    case = (n, 64, 64, 3, 1, 1, 1, 1, False, hw)
     tensors = _inputs(case, rng, np.float32, channels_last=True)
     assert _call(case)(*tensors).grad_fn.winograd is winograd.F4
     _check_parity(torch, case, channels_last=True, rng=rng)

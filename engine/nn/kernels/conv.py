@@ -234,7 +234,7 @@ class Convolution(Op):
             out_size(w, pl + pr, kw, self.stride[1], self.dilation[1]),
         )
         need_x, need_w, _ = self.needs_input_grad
-        scheme = winograd.fits(self.win, self.pads, self.out_hw, self.groups, x.dtype)
+        scheme = winograd.fits(self.win, self.pads, n, self.out_hw, self.groups, x.dtype)
         self.winograd = scheme
         col2im = need_x and not (scheme or self._flipped(cout))
         wmat = None if scheme and not col2im else weight_matrix(weight)

@@ -78,6 +78,10 @@ F4 = _scheme(  # points 0, -1, 1, 1/2, -2 and infinity: 2-4x less round-off than
 MIN_SIZE = 6  # smaller outputs have too few tiles: F(2x2) on ResNet18's 4x4 layer3 (batch 32,
 # 64x64) took 10.4 ms forward and backward where im2col took 9.2
 MIN_SIZE_F4 = 8  # F(4x4) on 4x4 outputs (one tile an image) was 30-50% slower than F(2x2)
+MIN_TILES_F4 = 96  # ... unless the batch has this many tiles: ResNet18's 7x7 layer4 (224x224)
+# forward and backward took 57 ms with F(4x4) where im2col took 93 at batch 32, 50.5 against
+# 77 at batch 24 (96 tiles), 39 against 39 at batch 16; its 4x4 one (128x128) 35 against 51
+# at batch 64, 31 against 25 at batch 32
 MAX_COVER_F4 = 8 / 7  # F(4x4) on a side that is no multiple of 4 computes ceil(s/4)*4 outputs
 # and crops: 14x14 as 16x16 took 36 ms forward and backward where F(2x2) took 41 (ResNet18's
 # layer3 at 224x224, batch 16)
@@ -86,17 +90,20 @@ Tiles = list[np.ndarray]  # the transformed input tiles of each block, kept for 
 
 
 def fits(
-    win: Window, pads: tuple, out_hw: Pair, groups: int, dtype: np.dtype = np.float32
+    win: Window, pads: tuple, n: int, out_hw: Pair, groups: int, dtype: np.dtype = np.float32
 ) -> Scheme | None:
-    """The scheme that computes a convolution here, if any: 3x3, stride 1, no dilation,
-    padding 1, one group. F(4x4) when the dtype is not float64 and both sides are at least
-    ``MIN_SIZE_F4``, multiples of 4 or close enough above one (``MAX_COVER_F4``) to crop
-    (F(4x4) took 25-45% less time than F(2x2) on ResNet18's 8x8 to 56x56 layers, one
-    thread); else F(2x2) when both sides are even and at least ``MIN_SIZE``."""
+    """The scheme that computes a convolution of ``n`` images here, if any: 3x3, stride 1, no
+    dilation, padding 1, one group. F(4x4) when the dtype is not float64 and both sides are
+    multiples of 4 or close enough above one (``MAX_COVER_F4``) to crop, and at least
+    ``MIN_SIZE_F4`` or the batch has ``MIN_TILES_F4`` tiles (F(4x4) took 25-45% less time
+    than F(2x2) on ResNet18's 8x8 to 56x56 layers, one thread); else F(2x2) when both sides
+    are even and at least ``MIN_SIZE``."""
     if not (win == Window((3, 3), (1, 1), (1, 1)) and pads == (1, 1, 1, 1) and groups == 1):
         return None
-    if np.dtype(dtype) != np.float64 and all(
-        s >= MIN_SIZE_F4 and _covered(F4, s) <= MAX_COVER_F4 * s for s in out_hw
+    if (
+        np.dtype(dtype) != np.float64
+        and all(_covered(F4, s) <= MAX_COVER_F4 * s for s in out_hw)
+        and (min(out_hw) >= MIN_SIZE_F4 or tile_count(F4, n, out_hw) >= MIN_TILES_F4)
     ):
         return F4
     if all(s % 2 == 0 and s >= MIN_SIZE for s in out_hw):
