@@ -169,3 +169,16 @@ def offsets(win: Window, pads: Pads, in_hw: Pair, out_rows: Pair, wo: int) -> It
             cols = span(j, pads[2], sw, dw, in_hw[1], 0, wo)
             if cols is not None:
                 yield i, j, rows[0], cols[0], rows[1], cols[1]
+
+
+def zero_outside(planes: np.ndarray, rows: slice, cols: slice) -> None:
+    """Zero ``(N, H, W, C)`` ``planes`` outside rows ``rows`` and columns ``cols`` (where
+    Winograd's tiles reach into the padding, or pooling's gradients were not written)."""
+    for region in (
+        np.s_[:, : rows.start],
+        np.s_[:, rows.stop :],
+        np.s_[:, rows, : cols.start],
+        np.s_[:, rows, cols.stop :],
+    ):
+        if planes[region].size:
+            planes[region] = 0

@@ -23,6 +23,7 @@ from engine.nn.kernels.layout import (
     nhwc,
     offsets,
     pair,
+    zero_outside,
 )
 from engine.parallel import parallel_ranges
 from engine.tensor import Tensor
@@ -185,13 +186,16 @@ def _first_maxima(
         last_nan = np.full(out.shape, -1, np.int32)
         for k, plane, outs in _plane_offsets(geo):
             np.copyto(last_nan[outs], k, where=np.isnan(planes[plane]))
-    for k, plane, outs in _plane_offsets(geo):
+    spans = list(_plane_offsets(geo))
+    for i, (k, plane, outs) in enumerate(spans):
         mask = first[outs]
         np.equal(planes[plane], out[outs], out=mask)
         if last_nan is not None:
             mask |= last_nan[outs] == k
-        np.greater(mask, taken[outs], out=mask)  # and not taken by an earlier offset
-        taken[outs] |= mask
+        if i:  # and not taken by an earlier offset
+            np.greater(mask, taken[outs], out=mask)
+        if i + 1 < len(spans):
+            taken[outs] |= mask
         yield k, plane, outs, mask
 
 
@@ -234,12 +238,19 @@ class MaxPool2DWithIndices(Op):
 
         def route(images: slice) -> None:
             inputs, into = planes[:, :, images], grads[:, :, images]
-            into.fill(0)
             part = np.empty(out[images].shape, gy.dtype)
+            written = np.zeros(into.shape[:2], bool)
             for _, plane, outs, mask in _first_maxima(inputs, out[images], self.geo):
-                routed = np.multiply(gy[images][outs], mask, out=part[outs])
                 target = into[plane]
-                np.add(target, routed, out=target)
+                if written[plane[:2]]:
+                    routed = np.multiply(gy[images][outs], mask, out=part[outs])
+                    np.add(target, routed, out=target)
+                else:  # the first gradients into this phase plane: written, not added
+                    np.multiply(gy[images][outs], mask, out=target)
+                    zero_outside(into[plane[:2]], *plane[3:])
+                    written[plane[:2]] = True
+            for a, b in zip(*np.nonzero(~written), strict=True):
+                into[a, b].fill(0)
 
         parallel_ranges(len(out), route, planes.size)
         return nchw(_unphase(grads, self.geo.in_hw))

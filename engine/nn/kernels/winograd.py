@@ -23,7 +23,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.nn.kernels.layout import Block, Pair, Window, channels_innermost, row_blocks, span
+from engine.nn.kernels.layout import (
+    Block,
+    Pair,
+    Window,
+    channels_innermost,
+    row_blocks,
+    span,
+    zero_outside,
+)
 from engine.parallel import matmul, parallel_ranges
 
 
@@ -149,23 +157,10 @@ def _input_tiles(scheme: Scheme, x: np.ndarray, blk: Block) -> np.ndarray:
             return
         (source_rows, tile_rows), (source_cols, tile_cols) = rows, cols
         target[:, tile_rows, tile_cols] = part[:, source_rows, source_cols]
-        _zero_outside(target, tile_rows, tile_cols)
+        zero_outside(target, tile_rows, tile_cols)
 
     _each_offset(side, gather, taps.size)
     return _apply(scheme.input, taps).reshape(scheme.points, -1, c)
-
-
-def _zero_outside(taps: np.ndarray, rows: slice, cols: slice) -> None:
-    """Zero ``(N, th, tw, C)`` taps outside ``[rows, cols]`` (where tiles reach into the
-    padding, or past the edge of the outputs)."""
-    for region in (
-        np.s_[:, : rows.start],
-        np.s_[:, rows.stop :],
-        np.s_[:, rows, : cols.start],
-        np.s_[:, rows, cols.stop :],
-    ):
-        if taps[region].size:
-            taps[region] = 0
 
 
 def _output_block(scheme: Scheme, out: np.ndarray, t: np.ndarray, blk: Block) -> None:
@@ -193,7 +188,7 @@ def _output_phases(part: np.ndarray, m: int, tiles_hw: Pair) -> np.ndarray:
         source, target = part[:, a::m, b::m], phases[m * a + b]
         h, w = source.shape[1:3]
         target[:, :h, :w] = source
-        _zero_outside(target, slice(0, h), slice(0, w))
+        zero_outside(target, slice(0, h), slice(0, w))
 
     _each_offset(m, gather, phases.size)
     return phases
