@@ -3,8 +3,9 @@
 The NHWC input is split by stride phase (``_phases``) so that, for each of the kh*kw kernel
 offsets (never per output pixel), the inputs of all windows are one slice with long
 contiguous rows; padding is never materialised, each offset covers only the windows that
-read the input (``layout.offsets``). Gradients are added offset by offset into phase planes
-and put back in place at the end. Each pass works on ranges of images on the engine's threads.
+read the input (``layout.offsets``). Gradients go offset by offset into phase planes (the
+first offset to reach a plane writes, the others add) and are put back in place at the end.
+Each pass works on ranges of images on the engine's threads.
 """
 
 from __future__ import annotations
