@@ -167,14 +167,20 @@ def parallel_ranges(length: int, work: Callable[[slice], R], elements: int) -> l
     """``work(s)`` for consecutive slices ``s`` that cover ``range(length)``, one a thread, for
     a pass over ``elements`` array elements; a pass under ``MIN_ELEMENTS`` is one
     ``work(slice(0, length))`` on the calling thread."""
-    return _in_ranges(length, work, elements >= MIN_ELEMENTS)
+    return in_ranges(length, work, elements >= MIN_ELEMENTS)
 
 
-def _in_ranges(length: int, work: Callable[[slice], R], split: bool = True) -> list[R]:
-    """``work`` on consecutive slices covering ``range(length)``: one a thread, or one."""
-    pieces = min(THREADS, length) if split else 1
-    bounds = [length * i // pieces for i in range(pieces + 1)]
-    return parallel(lambda i: work(slice(bounds[i], bounds[i + 1])), pieces)
+def ranges(length: int) -> list[slice]:
+    """Consecutive slices covering ``range(length)``, one a thread (fewer for a short length)."""
+    pieces = min(THREADS, length)
+    return [slice(length * i // pieces, length * (i + 1) // pieces) for i in range(pieces)]
+
+
+def in_ranges(length: int, work: Callable[[slice], R], split: bool = True) -> list[R]:
+    """``work`` on each of ``ranges(length)`` (or, with ``split`` false, on one slice of it
+    all on the calling thread)."""
+    parts = ranges(length) if split else [slice(0, length)]
+    return parallel(lambda i: work(parts[i]), len(parts))
 
 
 def parallel_copyto(dst: np.ndarray, src: np.ndarray) -> None:
@@ -229,11 +235,11 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         def stack(part: slice) -> None:
             np.matmul(a[part] if lead[0] else a, b[part] if lead[1] else b, out=out[part])
 
-        _in_ranges(len(out), stack)
+        in_ranges(len(out), stack)
     elif out.ndim == 2 and out.shape[0] >= out.shape[1]:
-        _in_ranges(out.shape[0], lambda rows: np.matmul(a[rows], b, out=out[rows]))
+        in_ranges(out.shape[0], lambda rows: np.matmul(a[rows], b, out=out[rows]))
     elif out.ndim == 2:
-        _in_ranges(out.shape[1], lambda cols: np.matmul(a, b[:, cols], out=out[:, cols]))
+        in_ranges(out.shape[1], lambda cols: np.matmul(a, b[:, cols], out=out[:, cols]))
     else:
         np.matmul(a, b, out=out)
     return out

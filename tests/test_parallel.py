@@ -15,7 +15,7 @@ import engine
 import engine.parallel as parallel_module
 from engine.nn import functional as F
 from engine.nn.kernels import conv as conv_kernels
-from engine.nn.kernels import layout
+from engine.nn.kernels import direct, layout
 from engine.parallel import (
     in_piece,
     in_waves,
@@ -140,14 +140,16 @@ def _train_steps(threads: int, monkeypatch: pytest.MonkeyPatch) -> list[np.ndarr
     return [t.detach().numpy().copy() for t in (*params, bn.running_mean, bn.running_var)]
 
 
-@pytest.mark.parametrize("blocks", ["whole", "kept blocks", "rebuilt blocks"])
+@pytest.mark.parametrize("blocks", ["whole", "kept blocks", "rebuilt blocks", "direct"])
 def test_threaded_kernels_give_the_serial_bits(
     monkeypatch: pytest.MonkeyPatch, blocks: str
 ) -> None:
     """Whole arrays split op by op; or im2col and Winograd in many blocks, kept for backward or
-    rebuilt there (im2col weight gradients: a block a thread, summed in block order)."""
-    if blocks == "whole":
+    rebuilt there (im2col weight gradients: a block a thread, summed in block order); or the
+    strided conv as one product per kernel offset (its output's channels split)."""
+    if blocks in ("whole", "direct"):
         monkeypatch.setattr(parallel_module, "MIN_SPLIT_FLOPS", 0)
+        monkeypatch.setattr(direct, "MIN_CHANNELS", 1 if blocks == "direct" else 1 << 30)
     else:  # tiny products are not split: OpenBLAS multiplies very small matrices differently
         monkeypatch.setattr(layout, "BLOCKING_THRESHOLD", 64 << 10)
         monkeypatch.setattr(layout, "BLOCK_BYTES", 32 << 10)

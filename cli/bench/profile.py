@@ -2,7 +2,7 @@
 
 While `profile_ops()` is active, the forward and backward of the engine's kernel ops, the
 two halves of the convolution's backward (its module-level input-gradient and weight-gradient
-helpers, or both side by side for a small layer) and the optimizer's step run under timers.
+helpers, or both at once for a small or wide layer) and the optimizer's step run under timers.
 Times are exclusive: a timed call inside another timed call counts only for itself, so the
 categories never add up to more than the step; what they leave out (autograd, loss, fc,
 additions, copies) is the rest of the step. Calls inside the pieces of work the engine spreads
@@ -24,6 +24,7 @@ from engine.parallel import in_piece
 
 WINOGRAD = "engine.nn.kernels.winograd"
 CONV = "engine.nn.kernels.conv"
+DIRECT = "engine.nn.kernels.direct"
 POOL = "engine.nn.kernels.pool"
 POOL_OPS = ("MaxPool2DWithIndices", "AvgPool2D", "AdaptiveAvgPool2D")
 TARGETS: dict[str, tuple[str, ...]] = {
@@ -34,8 +35,9 @@ TARGETS: dict[str, tuple[str, ...]] = {
         f"{WINOGRAD}:input_grad",
     ),
     "conv weight-grad": (f"{CONV}:weight_grad", f"{WINOGRAD}:weight_grad"),
-    # small convolutions compute both gradients at once, one a thread: timed together
-    "conv grads side by side": (f"{CONV}:gradients_side_by_side",),
+    # small convolutions compute both gradients at once, one a thread, and those that take one
+    # product per kernel offset in one spread of pieces over the threads: timed together
+    "conv grads side by side": (f"{CONV}:gradients_side_by_side", f"{DIRECT}:gradients"),
     "conv backward, other": (f"{CONV}:Convolution.backward",),
     # ResNet's blocks fuse ReLU (and the residual add) into BatchNorm; standalone ReLUs remain
     "BatchNorm+ReLU forward": ("engine.nn.kernels.norm:BatchNorm.forward",),

@@ -98,8 +98,9 @@ def profile_table(rows: list[Result], plain: bool) -> Table:
     missing = sorted({target for profile in profiles for target in profile["missing"]})
     caption = [
         "exclusive times of the fastest run: conv input-grad and weight-grad are not in "
-        "'conv backward, other'; small layers compute both at once, one a thread ('conv grads "
-        "side by side'); other: autograd, loss, fc, additions, copies, timers",
+        "'conv backward, other'; small layers compute both at once, one a thread, and wide "
+        "ones without Winograd in one spread over the threads ('conv grads side by side'); "
+        "other: autograd, loss, fc, additions, copies, timers",
     ]
     if all("floor_ms" in profile for profile in profiles):
         rates = ", ".join(f"{profile['sgemm_gflops']:.0f}" for profile in profiles)

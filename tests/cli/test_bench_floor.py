@@ -1,5 +1,6 @@
 """The GEMM floor of `finetune bench --profile`: the convolutions' matrix products counted as
-the engine runs them (direct, Winograd F(2x2) and F(4x4)), and the floor from a rate."""
+the engine runs them (im2col, one product per kernel offset, Winograd F(2x2) and F(4x4)), and
+the floor from a rate."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import engine
 from cli.bench.floor import count_products, floor, sgemm_gflops
 from engine.nn import functional as F
+from engine.nn.kernels import direct
 
 
 def _conv_flops(shape: tuple, weight: tuple, dtype: type, backward: bool, **kw: int) -> int:
@@ -22,10 +24,19 @@ def _conv_flops(shape: tuple, weight: tuple, dtype: type, backward: bool, **kw: 
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "train"])
-def test_direct_convolution_products(backward: bool):
+def test_im2col_products(backward: bool):
     """A strided conv: 2 * (N Ho Wo) * Cout * (kh kw Cin) per product, three in training."""
     flops = _conv_flops((2, 3, 8, 8), (4, 3, 3, 3), np.float32, backward, stride=2, padding=1)
     assert flops == (3 if backward else 1) * 2 * (2 * 4 * 4) * 4 * (3 * 3 * 3)
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "train"])
+def test_offset_products_skip_the_padding(backward: bool):
+    """A wide 3x3 conv on 2x2 maps, one product per kernel offset: the centre offset reaches
+    4 outputs an image, the edge ones 2, the corners 1 (16 of im2col's 36)."""
+    cin = direct.MIN_CHANNELS
+    flops = _conv_flops((2, cin, 2, 2), (4, cin, 3, 3), np.float32, backward, padding=1)
+    assert flops == (3 if backward else 1) * 2 * (2 * 16) * 4 * cin
 
 
 @pytest.mark.parametrize(("dtype", "side", "m"), [(np.float32, 8, 4), (np.float64, 8, 2)])

@@ -9,7 +9,7 @@ import pytest
 
 import engine
 from engine.autograd import gradcheck
-from engine.nn.kernels import conv, layout, winograd
+from engine.nn.kernels import conv, direct, layout, winograd
 from engine.nn.kernels.conv import conv2d
 
 # (batch, in channels, out channels, kernel, stride, padding, dilation, groups, bias, (H, W))
@@ -55,10 +55,17 @@ def _tensor(array: np.ndarray, channels_last: bool = False) -> engine.Tensor:
     return engine.from_numpy(array).requires_grad_()
 
 
-def _inputs(case: tuple, rng: np.random.Generator, dtype: type, channels_last: bool = False):
+def _inputs(
+    case: tuple,
+    rng: np.random.Generator,
+    dtype: type,
+    channels_last: bool = False,
+    weight_channels_last: bool = False,
+):
     n, cin, cout, k, _, _, _, groups, bias, (h, w) = case
     x = _tensor(rng.standard_normal((n, cin, h, w)).astype(dtype), channels_last)
-    weight = _tensor(rng.standard_normal((cout, cin // groups, k, k)).astype(dtype))
+    weight = rng.standard_normal((cout, cin // groups, k, k)).astype(dtype)
+    weight = _tensor(weight, weight_channels_last)
     b = _tensor(rng.standard_normal(cout).astype(dtype)) if bias else None
     return x, weight, b
 
@@ -69,11 +76,13 @@ def _call(case: tuple) -> Callable[..., engine.Tensor]:
     return lambda x, w, b: conv2d(x, w, b, stride, padding, dilation, groups)
 
 
-@pytest.fixture(params=["flipped", "col2im"])
-def input_grad_method(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test with each stride-1 input-gradient algorithm."""
+@pytest.fixture(params=["flipped", "col2im", "direct"])
+def algorithm(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with each algorithm for what Winograd does not take: im2col with either
+    stride-1 input gradient, or one product per kernel offset (``direct``, for one group)."""
     threshold = 1 << 30 if request.param == "flipped" else 0
     monkeypatch.setattr(conv, "FLIPPED_MAX_CHANNELS", threshold)
+    monkeypatch.setattr(direct, "MIN_CHANNELS", 1 if request.param == "direct" else 1 << 30)
     return request.param
 
 
@@ -94,7 +103,7 @@ def tiny_blocks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_gradcheck(
-    case: tuple, channels_last: bool, input_grad_method: str, rng: np.random.Generator
+    case: tuple, channels_last: bool, algorithm: str, rng: np.random.Generator
 ) -> None:
     x, weight, bias = _inputs(case, rng, np.float64, channels_last)
     assert gradcheck(_call(case), (x, weight, bias))
@@ -130,8 +139,14 @@ def _assert_close(ours: np.ndarray, ref: np.ndarray) -> None:
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5 * scale)
 
 
-def _check_parity(torch, case: tuple, channels_last: bool, rng: np.random.Generator) -> None:
-    tensors = _inputs(case, rng, np.float32, channels_last)
+def _check_parity(
+    torch,
+    case: tuple,
+    channels_last: bool,
+    rng: np.random.Generator,
+    weight_channels_last: bool = False,
+) -> None:
+    tensors = _inputs(case, rng, np.float32, channels_last, weight_channels_last)
     y = _call(case)(*tensors)
     gy = rng.standard_normal(y.shape).astype(np.float32)
     ours = [y.detach().numpy()] + _grads(y, gy, tensors)
@@ -144,7 +159,7 @@ def _check_parity(torch, case: tuple, channels_last: bool, rng: np.random.Genera
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_torch_parity(
-    torch, case: tuple, channels_last: bool, input_grad_method: str, rng: np.random.Generator
+    torch, case: tuple, channels_last: bool, algorithm: str, rng: np.random.Generator
 ) -> None:
     _check_parity(torch, case, channels_last, rng)
 
@@ -254,6 +269,78 @@ def test_winograd_only_where_it_pays() -> None:
     assert not winograd.fits(square, (1, 1, 1, 1), many // 4 - 1, (7, 7), 1, np.float32)
     assert not winograd.fits(square, (1, 1, 1, 1), many, (7, 7), 1, np.float64)
     assert not winograd.fits(square, (1, 1, 1, 1), many, (5, 5), 1, np.float32)  # 8/5 cover
+
+
+def test_direct_only_where_it_pays() -> None:
+    """One product per kernel offset for wide inputs of one group, never for 1x1 windows."""
+    wide = direct.MIN_CHANNELS
+    for stride, dilation in [(1, 1), (2, 1), (1, 2)]:
+        win = layout.Window((3, 3), (stride, stride), (dilation, dilation))
+        assert direct.fits(win, 1, wide)
+        assert not direct.fits(win, 1, wide - 1)
+        assert not direct.fits(win, 2, 2 * wide)
+    assert not direct.fits(layout.Window((1, 1), (2, 2), (1, 1)), 1, wide)
+    assert direct.fits(layout.Window((1, 3), (1, 1), (1, 1)), 1, wide)
+
+
+def _results(case: tuple, tensors: tuple, gy: np.ndarray | None, rng: np.random.Generator):
+    """Output and gradients of the case's conv on ``tensors`` (fresh gradients), with the
+    algorithm it took, and the output gradient used (``gy``, or drawn when None)."""
+    for t in tensors:
+        if t is not None:
+            t.grad = None
+    y = _call(case)(*tensors)
+    gy = rng.standard_normal(y.shape) if gy is None else gy
+    return y.grad_fn.direct, [y.detach().numpy()] + _grads(y, gy, tensors), gy
+
+
+@pytest.mark.parametrize(
+    "case", ["3x3", "3x3-s2-nopad", "7x7-s2-pad3", "s2-pad2-dil2", "pairs", "same-even-kernel"]
+)
+def test_direct_agrees_with_im2col(
+    monkeypatch: pytest.MonkeyPatch, case: str, rng: np.random.Generator
+) -> None:
+    """Strides, dilations, paddings that leave offsets out, and none: the same sums as im2col
+    (float64, to round-off)."""
+    tensors = _inputs(CASES[case], rng, np.float64, channels_last=True)
+    monkeypatch.setattr(direct, "MIN_CHANNELS", 1)
+    taken, offsets, gy = _results(CASES[case], tensors, None, rng)
+    monkeypatch.setattr(direct, "MIN_CHANNELS", 1 << 30)
+    not_taken, im2col, _ = _results(CASES[case], tensors, gy, rng)
+    assert taken and not not_taken
+    for a, b in zip(offsets, im2col, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_direct_in_blocks_of_images(
+    monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
+) -> None:
+    """A batch taken an image at a time gives what it gives whole; gradients check out."""
+    case = (3, 4, 5, 3, 2, 1, 1, 1, True, (7, 6))
+    tensors = _inputs(case, rng, np.float64)
+    monkeypatch.setattr(direct, "MIN_CHANNELS", 1)
+    _, whole, gy = _results(case, tensors, None, rng)
+    monkeypatch.setattr(direct, "BLOCK_BYTES", 1)
+    _, blocked, _ = _results(case, tensors, gy, rng)
+    for a, b in zip(whole, blocked, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert gradcheck(_call(case), tensors)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    "shape",
+    [(256, 256, 1, 4), (256, 512, 2, 4), (512, 512, 1, 2), (512, 512, 1, 7), (256, 512, 2, 14)],
+    ids=["256@4x4", "256-512-s2@4x4", "512@2x2", "512@7x7", "256-512-s2@14x14"],
+)
+def test_torch_parity_direct_resnet18_layers(torch, shape: tuple, rng: np.random.Generator) -> None:
+    """ResNet18's wide layers at 64x64 and 224x224 images, which take the offsets' products;
+    weights channels-last, as the models keep them."""
+    cin, cout, stride, h = shape
+    case = (2, cin, cout, 3, stride, 1, 1, 1, False, (h, h))
+    tensors = _inputs(case, rng, np.float32, channels_last=True)
+    assert _call(case)(*tensors).grad_fn.direct
+    _check_parity(torch, case, channels_last=True, rng=rng, weight_channels_last=True)
 
 
 @pytest.mark.parametrize("blocks", ["one", "tile-rows"])

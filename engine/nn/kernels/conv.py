@@ -9,7 +9,8 @@ Large im2col matrices are built block by block (see ``layout.row_blocks``); up t
 ``KEEP_BYTES`` of them are kept for the weight gradient, larger ones are rebuilt in backward.
 3x3 stride-1, padding-1 convolutions go through Winograd's F(2x2, 3x3) or F(4x4, 3x3)
 instead (``winograd``), forward and both gradients, keeping its transformed input tiles the
-same way (up to ``WINOGRAD_KEEP_BYTES``).
+same way (up to ``WINOGRAD_KEEP_BYTES``); other wide ones (``direct.fits``) through one product
+per kernel offset (``direct``), which skips the padding.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from engine.autograd.function import Op
-from engine.nn.kernels import winograd
+from engine.nn.kernels import direct, winograd
 from engine.nn.kernels.layout import (
     Block,
     Pads,
@@ -236,8 +237,9 @@ class Convolution(Op):
         need_x, need_w, _ = self.needs_input_grad
         scheme = winograd.fits(self.win, self.pads, n, self.out_hw, self.groups, x.dtype)
         self.winograd = scheme
-        col2im = need_x and not (scheme or self._flipped(cout))
-        wmat = None if scheme and not col2im else weight_matrix(weight)
+        self.direct = not scheme and direct.fits(self.win, self.groups, x.shape[1])
+        col2im = need_x and not (scheme or self.direct or self._flipped(cout))
+        wmat = None if (scheme or self.direct) and not col2im else weight_matrix(weight)
         keep = self.requires_grad and need_w
         self.empty = x.size == 0  # no images (or no input channels): torch's zeros
         if self.empty:
@@ -246,6 +248,8 @@ class Convolution(Op):
             tiles = winograd.tile_count(scheme, n, self.out_hw)
             keep = keep and scheme.points * tiles * x.shape[1] * x.itemsize <= WINOGRAD_KEEP_BYTES
             out, kept = winograd.conv(scheme, nhwc(x), winograd.weights(weight), keep)
+        elif self.direct:
+            out, kept = direct.conv(nhwc(x), weight, self.win, self.pads, self.out_hw), None
         else:
             xp = pad_nhwc(nhwc(x), self.pads)
             out, kept = gemm_conv(xp, wmat, self.win, self.out_hw, self.groups, keep)
@@ -263,13 +267,18 @@ class Convolution(Op):
         transforms, copies and additions around them are not counted."""
         n, h, w, cin = self.in_shape
         (ho, wo), (kh, kw) = self.out_hw, self.win.kernel
-        direct = 2 * n * ho * wo * self.cout * kh * kw * cin // self.groups
+        dense = 2 * n * ho * wo * self.cout * kh * kw * cin // self.groups
         if self.winograd:
             tiles = winograd.tile_count(self.winograd, n, self.out_hw)
             reduced = 2 * self.winograd.points * tiles * cin * self.cout
             return reduced, reduced, reduced
+        if self.direct:
+            reached = direct.product_flops(
+                self.win, self.pads, self.in_shape, self.out_hw, self.cout
+            )
+            return reached, reached, reached
         flipped = 2 * n * h * w * cin * kh * kw * self.cout // self.groups
-        return direct, flipped if self._flipped(self.cout) else direct, direct
+        return dense, flipped if self._flipped(self.cout) else dense, dense
 
     def _flipped(self, cout: int) -> bool:
         return self.stride == (1, 1) and cout < FLIPPED_MAX_CHANNELS
@@ -287,6 +296,13 @@ class Convolution(Op):
             x, weight = self.saved_tensors
             gw = np.zeros_like(weight._data) if need_w else None
             gx = np.zeros_like(x._data) if need_x else None
+        elif self.direct:
+            x, weight = self.saved_tensors
+            gx, gw = direct.gradients(
+                nhwc(x._data), gy_nhwc, weight._data, self.win, self.pads, need_x, need_w
+            )
+            gx = None if gx is None else nchw(gx)
+            gw = None if gw is None else self._weight_layout(gw)
         elif need_x and need_w and gy.size <= SIDE_BY_SIDE_ELEMENTS:
             gw, gx = gradients_side_by_side(
                 lambda: self._weight_grad(gy_nhwc, gy2d), lambda: self._input_grad(gy_nhwc, gy2d)
