@@ -277,6 +277,11 @@ LAYERS = [
         lambda L, x, w, b: _f(L).conv2d(x, w, b, groups=2, padding=1),
         *((1, 4, 4, 4), (4, 2, 3, 3), (4,)),
     ),
+    case(  # enough input channels for the engine's one product per kernel offset
+        "conv2d[wide]",
+        lambda L, x, w, b: _f(L).conv2d(x, w, b, stride=2, padding=1),
+        *((1, 128, 3, 3), (2, 128, 3, 3), (2,)),
+    ),
     case("linear[no-bias]", lambda L, x, w: _f(L).linear(x, w), (3, 4), (5, 4)),
     case("linear[3d]", lambda L, x, w, b: _f(L).linear(x, w, b), (2, 3, 4), (5, 4), (5,)),
     case(

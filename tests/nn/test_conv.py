@@ -11,6 +11,7 @@ import engine
 from engine.autograd import gradcheck
 from engine.nn.kernels import conv, direct, layout, winograd
 from engine.nn.kernels.conv import conv2d
+from engine.testing import CASES as OP_CASES
 
 # (batch, in channels, out channels, kernel, stride, padding, dilation, groups, bias, (H, W))
 CASES = {
@@ -325,6 +326,12 @@ def test_direct_in_blocks_of_images(
     for a, b in zip(whole, blocked, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     assert gradcheck(_call(case), tensors)
+
+
+def test_the_op_catalogue_takes_the_offsets_products(rng: np.random.Generator) -> None:
+    """``finetune gradcheck`` and the catalogue's tests check this algorithm too."""
+    wide = OP_CASES["conv2d[wide]"]
+    assert wide.fn(engine, *wide.leaves(engine, rng)).grad_fn.direct
 
 
 @pytest.mark.torch
