@@ -57,7 +57,8 @@ def test_the_catalogue_covers_ops_layers_and_blocks() -> None:
         *("dropout", "cross_entropy", "nll_loss", "mse_loss", "pad", "BasicBlock", "Bottleneck"),
     }
     assert expected <= families
-    assert {"conv2d[stride,padding]", "conv2d[dilation]", "conv2d[groups]"} <= set(gradcheck.CASES)
+    convs = {"conv2d[stride,padding]", "conv2d[dilation]", "conv2d[groups]", "conv2d[wide]"}
+    assert convs <= set(gradcheck.CASES)
     assert {"batch_norm[train]", "batch_norm[eval]"} <= set(gradcheck.CASES)
 
 
@@ -65,11 +66,11 @@ def test_op_selects_a_family() -> None:
     result = invoke("--op", "conv2d", "--seed", "3")
     assert result.exit_code == 0, result.output
     conv_cases = [name for name in gradcheck.CASES if name.startswith("conv2d")]
-    assert len(conv_cases) == 4
+    assert len(conv_cases) == 5
     for name in conv_cases:
         assert name in result.stdout
     assert "linear" not in result.stdout
-    assert "4 cases: all passed" in result.stdout
+    assert "5 cases: all passed" in result.stdout
 
 
 def test_unknown_op_is_a_usage_error_with_a_suggestion() -> None:
