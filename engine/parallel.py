@@ -183,16 +183,27 @@ def in_ranges(length: int, work: Callable[[slice], R], split: bool = True) -> li
     return parallel(lambda i: work(parts[i]), len(parts))
 
 
-def parallel_copyto(dst: np.ndarray, src: np.ndarray) -> None:
-    """``dst[...] = src`` for arrays of one shape, in ranges of the first axis longer than one
-    (``parallel_ranges``): for the large strided copies of im2col and padding."""
+def _in_parts(dst: np.ndarray, work: Callable[[tuple], None]) -> None:
+    """``work(index)`` for indexes that cut ``dst`` in ranges of its first axis longer than one
+    (``parallel_ranges``, for a pass over ``dst``); a 0-d ``dst`` is one part, ``...``."""
+    if not dst.ndim:
+        work((...,))
+        return
     axis = next((i for i, size in enumerate(dst.shape) if size > 1), 0)
+    parallel_ranges(dst.shape[axis], lambda part: work((slice(None),) * axis + (part,)), dst.size)
 
-    def copy(part: slice) -> None:
-        index = (slice(None),) * axis + (part,)
-        dst[index] = src[index]
 
-    parallel_ranges(dst.shape[axis], copy, dst.size)
+def parallel_copyto(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src`` for arrays of one shape, in parts on the threads (``_in_parts``): for
+    the large strided copies of im2col and padding."""
+    _in_parts(dst, lambda index: dst.__setitem__(index, src[index]))
+
+
+def parallel_add(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst += src`` (``src`` broadcast to ``dst`` and cast to its dtype), in parts on the
+    threads (``_in_parts``): for the gradients that meet where a tensor was used twice."""
+    src = np.broadcast_to(src, dst.shape)
+    _in_parts(dst, lambda index: np.add(dst[index], src[index], out=dst[index], casting="unsafe"))
 
 
 def set_num_threads(count: int) -> None:

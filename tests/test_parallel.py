@@ -21,6 +21,7 @@ from engine.parallel import (
     in_waves,
     lane,
     parallel,
+    parallel_add,
     side_by_side,
     thread_count,
 )
@@ -101,6 +102,24 @@ def test_in_waves_yields_in_order_one_wave_of_pieces_at_a_time(two_threads: None
         assert result == i * i
         assert max(started) == min(6, i | 1)  # pieces 2k and 2k + 1 run together
     assert sorted(started) == list(range(7))
+
+
+@pytest.mark.parametrize(
+    ("dst_shape", "src_shape"),
+    [((3, 700, 600), (3, 700, 600)), ((1, 1200, 900), (900,)), ((), ()), ((5, 4), (5, 4))],
+    ids=["split", "broadcast", "0-d", "small"],
+)
+def test_parallel_add_adds_in_place_as_numpy(
+    two_threads: None, dst_shape: tuple, src_shape: tuple, rng: np.random.Generator
+) -> None:
+    """``dst += src`` with NumPy's broadcasting and a cast to ``dst``'s dtype, whether the
+    pass is split over the threads (a million elements or more) or not."""
+    dst = rng.standard_normal(dst_shape).astype(np.float32)
+    src = rng.standard_normal(src_shape)  # float64
+    expected = dst.copy()
+    np.add(expected, src, out=expected, casting="unsafe")
+    parallel_add(dst, src)
+    np.testing.assert_array_equal(dst, expected)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

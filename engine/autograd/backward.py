@@ -9,6 +9,7 @@ import numpy as np
 
 from engine.autograd.function import AccumulateGrad, DelayedError, Node, Op
 from engine.autograd.grad_mode import set_grad_enabled
+from engine.parallel import parallel_add
 
 if TYPE_CHECKING:
     from engine.tensor import Tensor
@@ -92,7 +93,7 @@ class _GradBuffer:
         if current is None:
             self.grads[nr], self.owned[nr] = grad, owned
         elif self.owned[nr] and not create_graph:
-            np.add(current._data, grad._data, out=current._data, casting="unsafe")
+            parallel_add(current._data, grad._data)
         else:
             self.grads[nr], self.owned[nr] = current + grad, not create_graph
 
