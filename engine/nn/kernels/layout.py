@@ -119,7 +119,15 @@ def row_blocks(n: int, ho: int, wo: int, row_bytes: int) -> Iterator[Block]:
     order and their row ranges are contiguous.
     """
     rows = max(MIN_BLOCK_ROWS, BLOCK_BYTES // row_bytes)
-    if n * ho * wo * row_bytes <= BLOCKING_THRESHOLD or n * ho * wo <= rows:
+    if n * ho * wo * row_bytes <= BLOCKING_THRESHOLD:
+        rows = n * ho * wo
+    return cut_rows(n, ho, wo, rows)
+
+
+def cut_rows(n: int, ho: int, wo: int, rows: int) -> Iterator[Block]:
+    """``n`` images of ``ho`` rows of ``wo`` in blocks of at most ``rows`` (or one output row of
+    one image, if larger): whole images while one fits, else rows of one image, in order."""
+    if n * ho * wo <= rows:
         yield Block(0, n, 0, ho, 0, n * ho * wo)
         return
     if ho * wo <= rows:

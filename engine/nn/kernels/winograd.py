@@ -7,13 +7,18 @@ into a transformed domain of (m+2)^2 points (input tiles by ``Scheme.input``, 3x
 fewer multiplications than direct for m = 2, 4 times for m = 4. The transforms are small
 constant matrices applied as matrix products, so BLAS does all the arithmetic, and backward
 uses their transposes. F(4x4) rounds more (its transforms reach 8 and 1/15), within float32
-parity; float64 convolutions always take F(2x2), whose transforms are exact in binary. Arrays
-are channels-last: NHWC images, tiles as ``(P, T, C)`` for P points and T tiles. Tiles are
-gathered straight from the unpadded input, with zeros where they reach into the padding (a
-padded copy of the input would cost a pass over memory each time). A side that is no multiple
-of m is computed up to the next multiple (as if the input were padded further with zeros) and
-cropped. Large inputs are worked through in blocks of tile rows (``layout.row_blocks``) that
-stay in cache.
+parity; float64 convolutions always take F(2x2), whose transforms are exact in binary.
+
+Arrays are channels-last: NHWC images, and tiles tile-major, ``(T, P, C)`` for T tiles of P
+points. A tile's window is m+2 runs of (m+2)*C contiguous input values, so gathering tiles
+copies long runs (point-major planes copied runs of C: 256 bytes for 64 channels), and each
+transform is one small product per tile, which OpenBLAS runs faster than one long product
+summing over P. A side that is no multiple of m is computed up to the next multiple (as if the
+input were padded further with zeros) and cropped. Inputs are worked through in blocks of tile
+rows (``layout.row_blocks``; a block's transformed tiles are what forward keeps for the weight
+gradient), and each block in chunks (``CHUNK_BYTES``) that one thread takes from the gather
+through the transforms and products to the output while they are in cache: a chunk's input
+rows are first copied with the zeros of the padding around them, a small copy in cache.
 """
 
 from __future__ import annotations
@@ -22,17 +27,18 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from engine.nn.kernels.layout import (
     Block,
     Pair,
     Window,
     channels_innermost,
+    cut_rows,
     row_blocks,
-    span,
     zero_outside,
 )
-from engine.parallel import matmul, parallel_ranges
+from engine.parallel import matmul, parallel
 
 
 class Scheme(NamedTuple):
@@ -89,10 +95,18 @@ MIN_SIZE_F4 = 8  # F(4x4) on 4x4 outputs (one tile an image) was 30-50% slower t
 MIN_TILES_F4 = 96  # ... unless the batch has this many tiles: ResNet18's 7x7 layer4 (224x224)
 # forward and backward took 57 ms with F(4x4) where im2col took 93 at batch 32, 50.5 against
 # 77 at batch 24 (96 tiles), 39 against 39 at batch 16; its 4x4 one (128x128) 35 against 51
-# at batch 64, 31 against 25 at batch 32
+# at batch 64, 31 against 25 at batch 32. With chunked tiles, against one product per kernel
+# offset (``direct``) at 64 tiles: 34.5 against 33.4 ms (7x7, 512 channels), 9.7 against 10.6
+# (4x4, 256 channels)
 MAX_COVER_F4 = 8 / 7  # F(4x4) on a side that is no multiple of 4 computes ceil(s/4)*4 outputs
 # and crops: 14x14 as 16x16 took 36 ms forward and backward where F(2x2) took 41 (ResNet18's
 # layer3 at 224x224, batch 16)
+
+CHUNK_BYTES = 2 << 20  # tiles of a chunk (input or output side, the larger): forward and
+# backward of ResNet18's 64-channel 56x56 layer (batch 16) took 45.4, 39.0, 35.5, 36.3 and 37.0
+# ms with 0.25, 0.5, 1, 2 and 4 MiB; 128 channels 30.8 to 18.8 (best at 4), 256 40.8 to 23.4
+MIN_CHUNK_TILES = 64  # fewer make slow products (2 MiB are 28 tiles of 512 channels: 57 ms
+# where 64 tiles took 44, batch 32 at 7x7)
 
 Tiles = list[np.ndarray]  # the transformed input tiles of each block, kept for backward
 
@@ -141,68 +155,68 @@ def _blocks(scheme: Scheme, n: int, out_hw: Pair, channels: int, itemsize: int) 
     return row_blocks(n, th, tw, scheme.points * channels * itemsize)
 
 
-def _input_tiles(scheme: Scheme, x: np.ndarray, blk: Block) -> np.ndarray:
-    """The transformed tiles ``(P, T, C)`` of one block of the NHWC ``x``, padded by one (and
-    past its bottom and right edges by as many zeros as the tiles reach)."""
-    m, side = scheme.m, scheme.m + 2
-    (_, h, w, c), tw = x.shape, _covered(scheme, x.shape[2]) // m
-    part = x[blk.n0 : blk.n1]
-    taps = np.empty((scheme.points, blk.n1 - blk.n0, blk.h1 - blk.h0, tw, c), x.dtype)
-
-    def gather(a: int, b: int) -> None:
-        target = taps[side * a + b]
-        rows, cols = span(a, 1, m, 1, h, blk.h0, blk.h1), span(b, 1, m, 1, w, 0, tw)
-        if rows is None or cols is None:
-            target.fill(0)
-            return
-        (source_rows, tile_rows), (source_cols, tile_cols) = rows, cols
-        target[:, tile_rows, tile_cols] = part[:, source_rows, source_cols]
-        zero_outside(target, tile_rows, tile_cols)
-
-    _each_offset(side, gather, taps.size)
-    return _apply(scheme.input, taps).reshape(scheme.points, -1, c)
+def _chunks(blk: Block, tw: int, tile_bytes: int) -> list[Block]:
+    """The chunks of a block, relative to it: tile rows of about ``CHUNK_BYTES`` of tiles, at
+    least ``MIN_CHUNK_TILES`` tiles, and at most half the block's (fixed numbers, not the
+    thread count's: the products' bits depend on their sizes)."""
+    tiles = max(MIN_CHUNK_TILES, CHUNK_BYTES // tile_bytes)
+    tiles = min(tiles, -(-(blk.r1 - blk.r0) // 2))
+    return list(cut_rows(blk.n1 - blk.n0, blk.h1 - blk.h0, tw, tiles))
 
 
-def _output_block(scheme: Scheme, out: np.ndarray, t: np.ndarray, blk: Block) -> None:
-    """Write the m x m blocks of outputs of one block from their transformed ``t`` (blocks
-    that reach past the output's bottom or right edge are cropped)."""
-    m = scheme.m
-    part = out[blk.n0 : blk.n1, m * blk.h0 : m * blk.h1]
-    n, c = part.shape[0], part.shape[3]
-    blocks = _apply(scheme.output, t).reshape(m, m, n, blk.h1 - blk.h0, -1, c)
-
-    def scatter(a: int, b: int) -> None:
-        target = part[:, a::m, b::m]
-        target[...] = blocks[a, b, :, : target.shape[1], : target.shape[2]]
-
-    _each_offset(m, scatter, blocks.size)
-
-
-def _output_phases(part: np.ndarray, m: int, tiles_hw: Pair) -> np.ndarray:
-    """``(m*m, N, th, tw, C)``: the NHWC ``part`` split by position in its m x m blocks, for
-    ``tiles_hw`` blocks (zeros where they reach past its bottom or right edge)."""
-    n, c = part.shape[0], part.shape[3]
-    phases = np.empty((m * m, n, *tiles_hw, c), part.dtype)
-
-    def gather(a: int, b: int) -> None:
-        source, target = part[:, a::m, b::m], phases[m * a + b]
-        h, w = source.shape[1:3]
-        target[:, :h, :w] = source
-        zero_outside(target, slice(0, h), slice(0, w))
-
-    _each_offset(m, gather, phases.size)
-    return phases
+def _windows(
+    maps: np.ndarray, blk: Block, ch: Block, cols: int, side: int, step: int, pad: int
+) -> np.ndarray:
+    """``(T, side*side, C)``: copies of the ``side`` x ``side`` windows, ``step`` apart, of the
+    NHWC ``maps`` padded by ``pad``, one a tile of chunk ``ch`` of block ``blk`` (``cols``
+    tiles a row), with zeros where they reach past the maps."""
+    part = maps[blk.n0 + ch.n0 : blk.n0 + ch.n1]
+    n, h, w, c = part.shape
+    rows, top = ch.h1 - ch.h0, step * (blk.h0 + ch.h0) - pad
+    region = np.empty((n, step * (rows - 1) + side, step * (cols - 1) + side, c), maps.dtype)
+    first, last, width = max(top, 0), min(h, top + region.shape[1]), min(w, region.shape[2] - pad)
+    inside_rows, inside_cols = slice(first - top, last - top), slice(pad, pad + width)
+    region[:, inside_rows, inside_cols] = part[:, first:last, :width]
+    zero_outside(region, inside_rows, inside_cols)
+    sn, sh, sw, sc = region.strides
+    shape, strides = (n, rows, cols, side, side, c), (sn, step * sh, step * sw, sh, sw, sc)
+    tiles = np.empty(shape, maps.dtype)
+    tiles[...] = as_strided(region, shape, strides, writeable=False)
+    return tiles.reshape(-1, side * side, c)
 
 
-def _each_offset(side: int, copy: Callable[[int, int], None], elements: int) -> None:
-    """``copy(a, b)`` for each offset of a ``side`` x ``side`` grid (a pass over ``elements``
-    values in all), the offsets spread over the engine's threads."""
+def _input_tiles(
+    scheme: Scheme, x: np.ndarray, blk: Block, ch: Block, tw: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """The transformed input tiles ``(T, P, C)`` of chunk ``ch`` of block ``blk`` of the NHWC
+    ``x``, padded by one (and past its bottom and right edges by as many zeros as the tiles
+    reach), into ``out`` if given."""
+    taps = _windows(x, blk, ch, tw, scheme.m + 2, scheme.m, 1)
+    return np.matmul(scheme.input.astype(x.dtype), taps, out=out)
 
-    def run(offsets: slice) -> None:
-        for k in range(offsets.start, offsets.stop):
-            copy(*divmod(k, side))
 
-    parallel_ranges(side * side, run, elements)
+def _put_outputs(scheme: Scheme, out: np.ndarray, t: np.ndarray, blk: Block, ch: Block) -> None:
+    """Write the m x m blocks of outputs of chunk ``ch`` of block ``blk`` from their transformed
+    ``t`` ``(T, P, Cout)`` (blocks that reach past the output's bottom or right edge are
+    cropped)."""
+    m, (w, c) = scheme.m, out.shape[2:]
+    n, rows, top = ch.n1 - ch.n0, ch.h1 - ch.h0, scheme.m * (blk.h0 + ch.h0)
+    cols = len(t) // (n * rows)
+    blocks = np.matmul(scheme.output.astype(t.dtype), t).reshape(n, rows, cols, m, m, c)
+    blocks = blocks.transpose(0, 1, 3, 2, 4, 5)  # (n, rows, m, cols, m, C): NHWC order
+    target = out[blk.n0 + ch.n0 : blk.n0 + ch.n1, top : top + m * rows]
+    if target.shape[1:3] == (m * rows, m * cols):
+        target.reshape(n, rows, m, cols, m, c)[...] = blocks
+        return
+    whole = np.empty(blocks.shape, t.dtype)
+    whole[...] = blocks
+    target[...] = whole.reshape(n, m * rows, m * cols, c)[:, : target.shape[1], :w]
+
+
+def _in_chunks(work: Callable[[Block], None], blk: Block, tw: int, tile_bytes: int) -> None:
+    """``work(chunk)`` for each chunk of a block, the chunks spread over the engine's threads."""
+    chunks = _chunks(blk, tw, tile_bytes)
+    parallel(lambda i: work(chunks[i]), len(chunks))
 
 
 def weights(weight: np.ndarray, flipped: bool = False) -> np.ndarray:
@@ -220,13 +234,20 @@ def conv(
     kernels: an NHWC output of the input's height and width; with ``keep``, also the
     transformed input tiles of each block."""
     x = channels_innermost(x)
-    n, out_hw = x.shape[0], x.shape[1:3]
+    n, out_hw, (cin, cout) = x.shape[0], x.shape[1:3], w9.shape[1:]
     u = _apply(scheme.weight, w9)
-    out = np.empty((n, *out_hw, w9.shape[2]), x.dtype)
+    out = np.empty((n, *out_hw, cout), x.dtype)
+    tw = _covered(scheme, out_hw[1]) // scheme.m
     kept = [] if keep else None
-    for blk in _blocks(scheme, n, out_hw, x.shape[3], x.itemsize):
-        v = _input_tiles(scheme, x, blk)
-        _output_block(scheme, out, matmul(v, u), blk)
+    for blk in _blocks(scheme, n, out_hw, cin, x.itemsize):
+        v = np.empty((blk.r1 - blk.r0, scheme.points, cin), x.dtype) if keep else None
+
+        def chunk(ch: Block, blk: Block = blk, v: np.ndarray | None = v) -> None:
+            tiles = _input_tiles(scheme, x, blk, ch, tw, None if v is None else v[ch.r0 : ch.r1])
+            products = np.matmul(tiles.transpose(1, 0, 2), u)  # (P, T, Cout)
+            _put_outputs(scheme, out, products.transpose(1, 0, 2), blk, ch)
+
+        _in_chunks(chunk, blk, tw, scheme.points * max(cin, cout) * x.itemsize)
         if kept is not None:
             kept.append(v)
     return out, kept
@@ -242,8 +263,16 @@ def tiles(scheme: Scheme, x: np.ndarray) -> Iterator[np.ndarray]:
     """The transformed input tiles of each block of the NHWC ``x``, as ``conv`` keeps them:
     for a weight gradient whose tiles were too large to keep."""
     x = channels_innermost(x)
-    for blk in _blocks(scheme, x.shape[0], x.shape[1:3], x.shape[3], x.itemsize):
-        yield _input_tiles(scheme, x, blk)
+    tw = _covered(scheme, x.shape[2]) // scheme.m
+    cin = x.shape[3]
+    for blk in _blocks(scheme, x.shape[0], x.shape[1:3], cin, x.itemsize):
+        v = np.empty((blk.r1 - blk.r0, scheme.points, cin), x.dtype)
+
+        def chunk(ch: Block, blk: Block = blk, v: np.ndarray = v) -> None:
+            _input_tiles(scheme, x, blk, ch, tw, v[ch.r0 : ch.r1])
+
+        _in_chunks(chunk, blk, tw, scheme.points * cin * x.itemsize)
+        yield v
 
 
 def weight_grad(
@@ -251,13 +280,18 @@ def weight_grad(
 ) -> np.ndarray:
     """The gradient of the kernels of ``conv``, as ``(9, Cout, Cin)``, from that of its output
     ``gy`` (NHWC) and the input tiles of its ``channels`` inputs (kept, or from ``tiles``)."""
-    m, gu = scheme.m, None
+    m, gu, cout = scheme.m, None, gy.shape[3]
+    gy = channels_innermost(gy)
     tw = _covered(scheme, gy.shape[2]) // m
     blocks = _blocks(scheme, gy.shape[0], gy.shape[1:3], channels, gy.itemsize)
     for blk, v in zip(blocks, kept, strict=True):
-        part = gy[blk.n0 : blk.n1, m * blk.h0 : m * blk.h1]
-        grads = _output_phases(part, m, (blk.h1 - blk.h0, tw))
-        gt = _apply(scheme.output.T, grads).reshape(scheme.points, -1, gy.shape[3])
-        block = matmul(gt.transpose(0, 2, 1), v)
+        g = np.empty((blk.r1 - blk.r0, scheme.points, cout), gy.dtype)
+
+        def chunk(ch: Block, blk: Block = blk, g: np.ndarray = g) -> None:
+            grads = _windows(gy, blk, ch, tw, m, m, 0)  # (T, m*m, Cout)
+            np.matmul(scheme.output.T.astype(gy.dtype), grads, out=g[ch.r0 : ch.r1])
+
+        _in_chunks(chunk, blk, tw, scheme.points * max(channels, cout) * gy.itemsize)
+        block = matmul(g.transpose(1, 2, 0), v.transpose(1, 0, 2))  # (P, Cout, Cin)
         gu = block if gu is None else np.add(gu, block, out=gu)
     return _apply(scheme.weight.T, gu)
