@@ -170,6 +170,7 @@ def test_threaded_kernels_give_the_serial_bits(
         monkeypatch.setattr(parallel_module, "MIN_SPLIT_FLOPS", 0)
         monkeypatch.setattr(direct, "MIN_CHANNELS", 1 if blocks == "direct" else 1 << 30)
     else:  # tiny products are not split: OpenBLAS multiplies very small matrices differently
+        monkeypatch.setattr(conv_kernels, "PIECE_BYTES", 16 << 10)
         monkeypatch.setattr(layout, "BLOCKING_THRESHOLD", 64 << 10)
         monkeypatch.setattr(layout, "BLOCK_BYTES", 32 << 10)
         monkeypatch.setattr(layout, "MIN_BLOCK_ROWS", 1)

@@ -26,6 +26,7 @@ from engine.nn.kernels.layout import (
     Pads,
     Pair,
     Window,
+    cut_rows,
     nchw,
     nhwc,
     offsets,
@@ -38,6 +39,7 @@ from engine.nn.kernels.layout import (
 from engine.parallel import (
     in_waves,
     matmul,
+    parallel,
     parallel_copyto,
     parallel_ranges,
     side_by_side,
@@ -46,6 +48,7 @@ from engine.tensor import Tensor
 
 FLIPPED_MAX_CHANNELS = 256  # below this many output channels, stride-1 dX uses the flipped conv
 KEEP_BYTES = 32 << 20  # im2col matrices up to this size are kept for backward, larger are rebuilt
+PIECE_BYTES = 2 << 20  # im2col rows that one thread copies and multiplies at once
 WINOGRAD_KEEP_BYTES = 16 << 20  # the same for Winograd tiles, which are cheaper to rebuild
 SIDE_BY_SIDE_ELEMENTS = 1 << 18  # outputs up to this size get both gradients side by side,
 # one a thread: the train step at batch 32, 64x64 (layer2 to layer4) took 0.95 of the time; at
@@ -77,10 +80,14 @@ class BlockColumns(Sequence):
 
     def __getitem__(self, i: int) -> tuple[Block, int, np.ndarray]:
         blk, g = self.pieces[i]
-        rows = self.view[blk.n0 : blk.n1, blk.h0 : blk.h1, :, :, :, g]
+        rows = self.windows(blk, g)
         if not rows.flags.c_contiguous:
             rows = _copied(rows)
         return blk, g, rows.reshape(blk.r1 - blk.r0, -1)
+
+    def windows(self, blk: Block, g: int) -> np.ndarray:
+        """The windows of a block and group, ``(N, Ho, Wo, kh, kw, C/groups)``, not copied."""
+        return self.view[blk.n0 : blk.n1, blk.h0 : blk.h1, :, :, :, g]
 
 
 def _copied(view: np.ndarray) -> np.ndarray:
@@ -96,28 +103,59 @@ def _matmul_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         out[...] = matmul(a, b)
 
 
+def _copy_and_multiply(
+    windows: np.ndarray, wt: np.ndarray, out: np.ndarray, cols: np.ndarray | None
+) -> None:
+    """``out = im2col(windows) @ wt`` in pieces of ``PIECE_BYTES`` of im2col rows, each copied
+    (into its rows of ``cols``, when given) and multiplied by one thread while in its cache."""
+    n, ho, wo = windows.shape[:3]
+    row_bytes = windows[0, 0, 0].size * windows.itemsize
+    pieces = list(cut_rows(n, ho, wo, max(1, PIECE_BYTES // row_bytes)))
+
+    def piece(i: int) -> None:
+        pc = pieces[i]
+        part = windows[pc.n0 : pc.n1, pc.h0 : pc.h1]
+        if cols is None:
+            rows = np.ascontiguousarray(part)
+        else:
+            rows = cols[pc.n0 : pc.n1, pc.h0 : pc.h1]
+            rows[...] = part
+        _matmul_into(rows.reshape(pc.r1 - pc.r0, -1), wt, out[pc.r0 : pc.r1])
+
+    parallel(piece, len(pieces))
+
+
 def gemm_conv(
     xp: np.ndarray, wmat: np.ndarray, win: Window, out_hw: Pair, groups: int, keep: bool = False
 ) -> tuple[np.ndarray, Columns | None]:
     """Correlate the padded NHWC ``xp`` with ``wmat``: the ``(N*Ho*Wo, Cout)`` result.
 
-    Blocks go one after another, each block's copy and product split over the engine's
-    threads (whole blocks per thread were faster alone but made the peak RSS of a 16x224
-    train step jump by 35 MB in some runs). With ``keep``, also returns the im2col rows of
-    each block and group when they add up to at most ``KEEP_BYTES`` (``None`` above: backward
-    rebuilds them).
+    The im2col rows are copied and multiplied in pieces, one thread a piece
+    (``_copy_and_multiply``); a 1x1 stride-1 convolution's rows are the input itself, its
+    product split over the threads. With ``keep``, also returns the im2col rows of each block
+    (``BlockColumns``) and group when they add up to at most ``KEEP_BYTES`` (``None`` above:
+    backward rebuilds them).
     """
     n, (ho, wo) = xp.shape[0], out_hw
     cout, k = wmat.shape
     cog = cout // groups
     out = np.empty((n * ho * wo, cout), xp.dtype)
-    kept = [] if keep and n * ho * wo * k * xp.itemsize <= KEEP_BYTES else None
-    for blk, g, cols in BlockColumns(xp, win, out_hw, groups):
+    keep = keep and n * ho * wo * k * xp.itemsize <= KEEP_BYTES
+    columns = BlockColumns(xp, win, out_hw, groups)
+    rows = []
+    for g in range(groups):
         gs = slice(g * cog, (g + 1) * cog)
-        _matmul_into(cols, wmat[gs].T, out[blk.r0 : blk.r1, gs])
-        if kept is not None:
-            kept.append((blk, g, cols))
-    return out, kept
+        windows = columns.view[..., g, :]
+        if windows.flags.c_contiguous:
+            cols = windows
+            _matmul_into(cols.reshape(-1, k), wmat[gs].T, out[:, gs])
+        else:
+            cols = np.empty(windows.shape, xp.dtype) if keep else None
+            _copy_and_multiply(windows, wmat[gs].T, out[:, gs], cols)
+        rows.append(None if cols is None else cols.reshape(-1, k))
+    if not keep:
+        return out, None
+    return out, [(blk, g, rows[g][blk.r0 : blk.r1]) for blk, g in columns.pieces]
 
 
 def weight_grad(
