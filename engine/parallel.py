@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -152,15 +152,6 @@ def side_by_side(*calls: Callable[[], R]) -> list[R]:
     """``[call() for call in calls]``, each call a piece of ``parallel``: side by side on the
     threads, each running its own passes serially."""
     return parallel(lambda i: calls[i](), len(calls))
-
-
-def in_waves(work: Callable[[int], R], count: int) -> Iterator[R]:
-    """``work(i)`` for each ``i < count``, yielded in order, computed a wave of one piece a
-    thread at a time: for sums of large partial results, added in piece order whatever the
-    thread count, with only a wave's results held at once."""
-    for first in range(0, count, THREADS):
-        pieces = range(first, min(count, first + THREADS))
-        yield from parallel(lambda i, pieces=pieces: work(pieces[i]), len(pieces))
 
 
 def parallel_ranges(length: int, work: Callable[[slice], R], elements: int) -> list[R]:

@@ -18,7 +18,6 @@ from engine.nn.kernels import conv as conv_kernels
 from engine.nn.kernels import direct, layout
 from engine.parallel import (
     in_piece,
-    in_waves,
     lane,
     parallel,
     parallel_add,
@@ -93,15 +92,6 @@ def test_the_thread_count_follows_the_blas_variables(monkeypatch: pytest.MonkeyP
 def test_side_by_side_runs_each_call_as_a_piece(two_threads: None) -> None:
     assert not in_piece()
     assert side_by_side(lambda: (1, in_piece()), lambda: (2, in_piece())) == [(1, True), (2, True)]
-
-
-def test_in_waves_yields_in_order_one_wave_of_pieces_at_a_time(two_threads: None) -> None:
-    started: list[int] = []
-    waves = in_waves(lambda i: started.append(i) or i * i, 7)
-    for i, result in enumerate(waves):
-        assert result == i * i
-        assert max(started) == min(6, i | 1)  # pieces 2k and 2k + 1 run together
-    assert sorted(started) == list(range(7))
 
 
 @pytest.mark.parametrize(

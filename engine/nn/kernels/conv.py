@@ -5,8 +5,9 @@ and multiplied by the weight as a ``(Cout, kh*kw*Cin)`` matrix; the ``(N*Ho*Wo, 
 is NHWC memory, returned as an NCHW-shaped view. Backward: weight gradient ``dY^T @ cols``;
 input gradient either as a stride-1 convolution of the padded ``dY`` with the flipped weight
 (small channel counts) or as ``dY @ W`` scattered back with one slice-add per kernel offset.
-Large im2col matrices are built block by block (see ``layout.row_blocks``); up to
-``KEEP_BYTES`` of them are kept for the weight gradient, larger ones are rebuilt in backward.
+The im2col rows are never built whole: each thread copies a piece of them (``PIECE_BYTES``)
+and multiplies it while it is in its cache; up to ``KEEP_BYTES`` of them are kept for the
+weight gradient, larger ones are copied again, piece by piece, in backward.
 3x3 stride-1, padding-1 convolutions go through Winograd's F(2x2, 3x3) or F(4x4, 3x3)
 instead (``winograd``), forward and both gradients, keeping its transformed input tiles the
 same way (up to ``WINOGRAD_KEEP_BYTES``); other wide ones (``direct.fits``) through one product
@@ -15,7 +16,7 @@ per kernel offset (``direct``), which skips the padding.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
@@ -37,10 +38,8 @@ from engine.nn.kernels.layout import (
     windows,
 )
 from engine.parallel import (
-    in_waves,
     matmul,
     parallel,
-    parallel_copyto,
     parallel_ranges,
     side_by_side,
 )
@@ -48,7 +47,9 @@ from engine.tensor import Tensor
 
 FLIPPED_MAX_CHANNELS = 256  # below this many output channels, stride-1 dX uses the flipped conv
 KEEP_BYTES = 32 << 20  # im2col matrices up to this size are kept for backward, larger are rebuilt
-PIECE_BYTES = 2 << 20  # im2col rows that one thread copies and multiplies at once
+PIECE_BYTES = 2 << 20  # im2col rows that one thread copies and multiplies at once: conv1 at
+# 16x224 forward took 23.1, 20.9, 21.8 and 21.5 ms with 0.5, 1, 2 and 4 MiB pieces, cut block by
+# block; 19.3 with 2 MiB over the whole matrix (22.6 with each block's copy and product split)
 WINOGRAD_KEEP_BYTES = 16 << 20  # the same for Winograd tiles, which are cheaper to rebuild
 SIDE_BY_SIDE_ELEMENTS = 1 << 18  # outputs up to this size get both gradients side by side,
 # one a thread: the train step at batch 32, 64x64 (layer2 to layer4) took 0.95 of the time; at
@@ -61,39 +62,29 @@ def weight_matrix(weight: np.ndarray) -> np.ndarray:
     return weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1)
 
 
-Columns = list[tuple[Block, int, np.ndarray]]  # im2col rows of each block and group
+def _windows(xp: np.ndarray, win: Window, out_hw: Pair, groups: int) -> list[np.ndarray]:
+    """Each group's windows of the padded NHWC ``xp``, ``(N, Ho, Wo, kh, kw, C/groups)``
+    views: the im2col rows, not copied."""
+    view = windows(xp, win, out_hw, groups)
+    return [view[..., g, :] for g in range(groups)]
 
 
-class BlockColumns(Sequence):
-    """The im2col rows of the padded NHWC ``xp``, by block of rows and group: item ``i`` is
-    ``(block, group, rows)``, the rows a view when possible (1x1, stride 1), else a copy made
-    when the item is asked for, on the thread that asks."""
-
-    def __init__(self, xp: np.ndarray, win: Window, out_hw: Pair, groups: int) -> None:
-        self.view = windows(xp, win, out_hw, groups)
-        row_bytes = win.kernel[0] * win.kernel[1] * xp.shape[3] // groups * xp.itemsize
-        blocks = row_blocks(xp.shape[0], *out_hw, row_bytes)
-        self.pieces = [(blk, g) for blk in blocks for g in range(groups)]
-
-    def __len__(self) -> int:
-        return len(self.pieces)
-
-    def __getitem__(self, i: int) -> tuple[Block, int, np.ndarray]:
-        blk, g = self.pieces[i]
-        rows = self.windows(blk, g)
-        if not rows.flags.c_contiguous:
-            rows = _copied(rows)
-        return blk, g, rows.reshape(blk.r1 - blk.r0, -1)
-
-    def windows(self, blk: Block, g: int) -> np.ndarray:
-        """The windows of a block and group, ``(N, Ho, Wo, kh, kw, C/groups)``, not copied."""
-        return self.view[blk.n0 : blk.n1, blk.h0 : blk.h1, :, :, :, g]
+def _pieces(source: np.ndarray) -> list[Block]:
+    """The pieces of about ``PIECE_BYTES`` of im2col rows that one thread takes at a time."""
+    n, ho, wo = source.shape[:3]
+    row_bytes = source[0, 0, 0].size * source.itemsize
+    return list(cut_rows(n, ho, wo, max(1, PIECE_BYTES // row_bytes)))
 
 
-def _copied(view: np.ndarray) -> np.ndarray:
-    copy = np.empty(view.shape, view.dtype)
-    parallel_copyto(copy, view)
-    return copy
+def _rows(source: np.ndarray, pc: Block, into: np.ndarray | None = None) -> np.ndarray:
+    """The im2col rows ``(r1 - r0, K)`` of piece ``pc`` of a group's windows: a view where
+    they are contiguous (kept rows, or a 1x1 stride-1 input), else a copy (into ``into``)."""
+    part = source[pc.n0 : pc.n1, pc.h0 : pc.h1]
+    if into is not None:
+        rows = into[pc.n0 : pc.n1, pc.h0 : pc.h1]
+        rows[...] = part
+        part = rows
+    return np.ascontiguousarray(part).reshape(pc.r1 - pc.r0, -1)
 
 
 def _matmul_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
@@ -103,83 +94,65 @@ def _matmul_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         out[...] = matmul(a, b)
 
 
-def _copy_and_multiply(
-    windows: np.ndarray, wt: np.ndarray, out: np.ndarray, cols: np.ndarray | None
-) -> None:
-    """``out = im2col(windows) @ wt`` in pieces of ``PIECE_BYTES`` of im2col rows, each copied
-    (into its rows of ``cols``, when given) and multiplied by one thread while in its cache."""
-    n, ho, wo = windows.shape[:3]
-    row_bytes = windows[0, 0, 0].size * windows.itemsize
-    pieces = list(cut_rows(n, ho, wo, max(1, PIECE_BYTES // row_bytes)))
+def _products(source: np.ndarray, wt: np.ndarray, out: np.ndarray, into: np.ndarray | None):
+    """``out = rows @ wt`` for one group's im2col rows, one thread a piece."""
+    pieces = _pieces(source)
 
     def piece(i: int) -> None:
         pc = pieces[i]
-        part = windows[pc.n0 : pc.n1, pc.h0 : pc.h1]
-        if cols is None:
-            rows = np.ascontiguousarray(part)
-        else:
-            rows = cols[pc.n0 : pc.n1, pc.h0 : pc.h1]
-            rows[...] = part
-        _matmul_into(rows.reshape(pc.r1 - pc.r0, -1), wt, out[pc.r0 : pc.r1])
+        _matmul_into(_rows(source, pc, into), wt, out[pc.r0 : pc.r1])
 
     parallel(piece, len(pieces))
 
 
+def _products_t(source: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """``gy^T @ rows`` for one group's im2col rows, one thread a piece, the pieces' partial
+    products added in piece order (whatever the thread count)."""
+    pieces = _pieces(source)
+
+    def piece(i: int) -> np.ndarray:
+        pc = pieces[i]
+        return np.matmul(gy[pc.r0 : pc.r1].T, _rows(source, pc))
+
+    partials = parallel(piece, len(pieces))
+    total = partials[0]
+    for partial in partials[1:]:
+        total += partial
+    return total
+
+
 def gemm_conv(
     xp: np.ndarray, wmat: np.ndarray, win: Window, out_hw: Pair, groups: int, keep: bool = False
-) -> tuple[np.ndarray, Columns | None]:
+) -> tuple[np.ndarray, list[np.ndarray] | None]:
     """Correlate the padded NHWC ``xp`` with ``wmat``: the ``(N*Ho*Wo, Cout)`` result.
 
-    The im2col rows are copied and multiplied in pieces, one thread a piece
-    (``_copy_and_multiply``); a 1x1 stride-1 convolution's rows are the input itself, its
-    product split over the threads. With ``keep``, also returns the im2col rows of each block
-    (``BlockColumns``) and group when they add up to at most ``KEEP_BYTES`` (``None`` above:
-    backward rebuilds them).
+    The im2col rows are copied and multiplied in pieces (``_pieces``), one thread a piece,
+    while they are in its cache. With ``keep``, also returns each group's im2col rows when
+    they add up to at most ``KEEP_BYTES`` (``None`` above: backward copies them again).
     """
     n, (ho, wo) = xp.shape[0], out_hw
     cout, k = wmat.shape
     cog = cout // groups
     out = np.empty((n * ho * wo, cout), xp.dtype)
     keep = keep and n * ho * wo * k * xp.itemsize <= KEEP_BYTES
-    columns = BlockColumns(xp, win, out_hw, groups)
-    rows = []
-    for g in range(groups):
+    kept = []
+    for g, source in enumerate(_windows(xp, win, out_hw, groups)):
+        into = None
+        if keep and not source.flags.c_contiguous:
+            into = np.empty(source.shape, xp.dtype)
         gs = slice(g * cog, (g + 1) * cog)
-        windows = columns.view[..., g, :]
-        if windows.flags.c_contiguous:
-            cols = windows
-            _matmul_into(cols.reshape(-1, k), wmat[gs].T, out[:, gs])
-        else:
-            cols = np.empty(windows.shape, xp.dtype) if keep else None
-            _copy_and_multiply(windows, wmat[gs].T, out[:, gs], cols)
-        rows.append(None if cols is None else cols.reshape(-1, k))
-    if not keep:
-        return out, None
-    return out, [(blk, g, rows[g][blk.r0 : blk.r1]) for blk, g in columns.pieces]
+        _products(source, wmat[gs].T, out[:, gs], into)
+        kept.append(source if into is None else into)
+    return out, kept if keep else None
 
 
-def weight_grad(
-    columns: Sequence[tuple[Block, int, np.ndarray]], gy2d: np.ndarray, groups: int
-) -> np.ndarray:
-    """``dY^T @ cols`` as ``(Cout, kh*kw*Cin/groups)``, summed over the blocks of ``columns``
-    in their order (``in_waves``: one block a thread, whatever the thread count)."""
-    cout = gy2d.shape[1]
-    cog = cout // groups
-    gw = None
-
-    def block_grad(i: int) -> tuple[Block, int, np.ndarray]:
-        blk, g, cols = columns[i]
-        return blk, g, matmul(gy2d[blk.r0 : blk.r1, g * cog : (g + 1) * cog].T, cols)
-
-    for blk, g, grad in in_waves(block_grad, len(columns)):
-        if gw is None:
-            gw = np.empty((cout, grad.shape[1]), gy2d.dtype)
-        gs = slice(g * cog, (g + 1) * cog)
-        if blk.r0 == 0:
-            gw[gs] = grad
-        else:
-            gw[gs] += grad
-    return gw
+def weight_grad(sources: list[np.ndarray], gy2d: np.ndarray, groups: int) -> np.ndarray:
+    """``dY^T @ cols`` as ``(Cout, kh*kw*Cin/groups)`` from each group's im2col rows (kept,
+    or windows to copy again)."""
+    cog = gy2d.shape[1] // groups
+    return np.concatenate(
+        [_products_t(source, gy2d[:, g * cog : (g + 1) * cog]) for g, source in enumerate(sources)]
+    )
 
 
 def col2im_add(
@@ -363,7 +336,7 @@ class Convolution(Op):
         else:
             if kept is None:
                 xp = pad_nhwc(nhwc(x._data), self.pads)
-                kept = BlockColumns(xp, self.win, self.out_hw, self.groups)
+                kept = _windows(xp, self.win, self.out_hw, self.groups)
             gw = weight_grad(kept, gy2d, self.groups)
         return self._weight_layout(gw)
 
