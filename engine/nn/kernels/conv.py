@@ -16,6 +16,7 @@ per kernel offset (``direct``), which skips the padding.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -72,7 +73,7 @@ def _windows(xp: np.ndarray, win: Window, out_hw: Pair, groups: int) -> list[np.
 def _pieces(source: np.ndarray) -> list[Block]:
     """The pieces of about ``PIECE_BYTES`` of im2col rows that one thread takes at a time."""
     n, ho, wo = source.shape[:3]
-    row_bytes = source[0, 0, 0].size * source.itemsize
+    row_bytes = math.prod(source.shape[3:]) * source.itemsize
     return list(cut_rows(n, ho, wo, max(1, PIECE_BYTES // row_bytes)))
 
 
@@ -94,7 +95,7 @@ def _matmul_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         out[...] = matmul(a, b)
 
 
-def _products(source: np.ndarray, wt: np.ndarray, out: np.ndarray, into: np.ndarray | None):
+def _products(source: np.ndarray, wt: np.ndarray, out: np.ndarray, into: np.ndarray | None) -> None:
     """``out = rows @ wt`` for one group's im2col rows, one thread a piece."""
     pieces = _pieces(source)
 
