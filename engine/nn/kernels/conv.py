@@ -35,13 +35,11 @@ from engine.nn.kernels.layout import (
     out_size,
     pad_nhwc,
     pair,
-    row_blocks,
     windows,
 )
 from engine.parallel import (
     matmul,
     parallel,
-    parallel_ranges,
     side_by_side,
 )
 from engine.tensor import Tensor
@@ -70,11 +68,16 @@ def _windows(xp: np.ndarray, win: Window, out_hw: Pair, groups: int) -> list[np.
     return [view[..., g, :] for g in range(groups)]
 
 
-def _pieces(source: np.ndarray) -> list[Block]:
-    """The pieces of about ``PIECE_BYTES`` of im2col rows that one thread takes at a time."""
-    n, ho, wo = source.shape[:3]
-    row_bytes = math.prod(source.shape[3:]) * source.itemsize
-    return list(cut_rows(n, ho, wo, max(1, PIECE_BYTES // row_bytes)))
+def _pieces(n: int, ho: int, wo: int, row_bytes: int) -> list[Block]:
+    """The pieces of ``n * ho * wo`` rows that one thread takes at a time: about
+    ``PIECE_BYTES``, and at most half of them (fixed numbers, not the thread count's)."""
+    rows = min(max(1, PIECE_BYTES // row_bytes), -(-n * ho * wo // 2))
+    return list(cut_rows(n, ho, wo, rows))
+
+
+def _window_pieces(source: np.ndarray) -> list[Block]:
+    """``_pieces`` of a group's windows ``(N, Ho, Wo, kh, kw, C/groups)``."""
+    return _pieces(*source.shape[:3], math.prod(source.shape[3:]) * source.itemsize)
 
 
 def _rows(source: np.ndarray, pc: Block, into: np.ndarray | None = None) -> np.ndarray:
@@ -97,7 +100,7 @@ def _matmul_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
 
 def _products(source: np.ndarray, wt: np.ndarray, out: np.ndarray, into: np.ndarray | None) -> None:
     """``out = rows @ wt`` for one group's im2col rows, one thread a piece."""
-    pieces = _pieces(source)
+    pieces = _window_pieces(source)
 
     def piece(i: int) -> None:
         pc = pieces[i]
@@ -109,7 +112,7 @@ def _products(source: np.ndarray, wt: np.ndarray, out: np.ndarray, into: np.ndar
 def _products_t(source: np.ndarray, gy: np.ndarray) -> np.ndarray:
     """``gy^T @ rows`` for one group's im2col rows, one thread a piece, the pieces' partial
     products added in piece order (whatever the thread count)."""
-    pieces = _pieces(source)
+    pieces = _window_pieces(source)
 
     def piece(i: int) -> np.ndarray:
         pc = pieces[i]
@@ -159,17 +162,12 @@ def weight_grad(sources: list[np.ndarray], gy2d: np.ndarray, groups: int) -> np.
 def col2im_add(
     gx: np.ndarray, dcols: np.ndarray, blk: Block, win: Window, pads: Pads, channels: slice
 ) -> None:
-    """Add the window gradients ``dcols`` (block, Wo, kh, kw, C) into the NHWC ``gx``, ranges
-    of images on the engine's threads."""
-    spans = list(offsets(win, pads, gx.shape[1:3], (blk.h0, blk.h1), dcols.shape[2]))
-
-    def add(images: slice) -> None:
-        part, grads = gx[blk.n0 : blk.n1][images], dcols[images]
-        for i, j, rows, cols, out_rows, out_cols in spans:
-            target = part[:, rows, cols, channels]
-            np.add(target, grads[:, out_rows, out_cols, i, j], out=target)
-
-    parallel_ranges(blk.n1 - blk.n0, add, dcols.size)
+    """Add the window gradients ``dcols`` (block, Wo, kh, kw, C) into the NHWC ``gx``."""
+    spans = offsets(win, pads, gx.shape[1:3], (blk.h0, blk.h1), dcols.shape[2])
+    part = gx[blk.n0 : blk.n1]
+    for i, j, rows, cols, out_rows, out_cols in spans:
+        target = part[:, rows, cols, channels]
+        np.add(target, dcols[:, out_rows, out_cols, i, j], out=target)
 
 
 def input_grad_col2im(
@@ -181,19 +179,31 @@ def input_grad_col2im(
     out_hw: Pair,
     groups: int,
 ) -> np.ndarray:
-    """``dY @ W`` scattered back to the input, block by block: an NHWC ``(N, H, W, C)`` array."""
+    """``dY @ W`` scattered back to the input: an NHWC ``(N, H, W, C)`` array. Pieces of about
+    ``PIECE_BYTES`` of window gradients are multiplied and scattered by one thread while in its
+    cache; the pieces of one image (whose windows overlap) go one after another on one thread,
+    so every input gradient is summed in the same order whatever the thread count."""
     n, h, w, c = in_shape
     (ho, wo), (kh, kw) = out_hw, win.kernel
     cout, k = wmat.shape
     cog, cg = cout // groups, c // groups
     gx = np.zeros((n, h, w, c), gy2d.dtype)
-    for blk in row_blocks(n, ho, wo, k * gy2d.itemsize):
-        for g in range(groups):
-            outs = slice(g * cog, (g + 1) * cog)
-            dcols = matmul(gy2d[blk.r0 : blk.r1, outs], wmat[outs]).reshape(
-                blk.n1 - blk.n0, blk.h1 - blk.h0, wo, kh, kw, cg
-            )
-            col2im_add(gx, dcols, blk, win, pads, slice(g * cg, (g + 1) * cg))
+    work: list[list[Block]] = []
+    for pc in _pieces(n, ho, wo, k * gy2d.itemsize):
+        if work and work[-1][-1].n0 == pc.n0:  # more rows of the same image
+            work[-1].append(pc)
+        else:
+            work.append([pc])
+
+    def scatter(i: int) -> None:
+        for pc in work[i]:
+            for g in range(groups):
+                outs = slice(g * cog, (g + 1) * cog)
+                dcols = np.matmul(gy2d[pc.r0 : pc.r1, outs], wmat[outs])
+                dcols = dcols.reshape(pc.n1 - pc.n0, pc.h1 - pc.h0, wo, kh, kw, cg)
+                col2im_add(gx, dcols, pc, win, pads, slice(g * cg, (g + 1) * cg))
+
+    parallel(scatter, len(work))
     return gx
 
 
