@@ -149,16 +149,22 @@ def _train_steps(threads: int, monkeypatch: pytest.MonkeyPatch) -> list[np.ndarr
     return [t.detach().numpy().copy() for t in (*params, bn.running_mean, bn.running_var)]
 
 
-@pytest.mark.parametrize("blocks", ["whole", "kept blocks", "rebuilt blocks", "direct"])
+@pytest.mark.parametrize(
+    "blocks", ["whole", "kept blocks", "rebuilt blocks", "direct by images", "direct by channels"]
+)
 def test_threaded_kernels_give_the_serial_bits(
     monkeypatch: pytest.MonkeyPatch, blocks: str
 ) -> None:
     """Whole arrays split op by op; or im2col and Winograd in many blocks, kept for backward or
-    rebuilt there (im2col weight gradients: a block a thread, summed in block order); or the
-    strided conv as one product per kernel offset (its output's channels split)."""
-    if blocks in ("whole", "direct"):
+    rebuilt there (im2col weight gradients: a piece a thread, summed in piece order); or the
+    strided conv as one product per kernel offset (blocks of images or ranges of channels a
+    thread)."""
+    if blocks == "whole" or blocks.startswith("direct"):
         monkeypatch.setattr(parallel_module, "MIN_SPLIT_FLOPS", 0)
-        monkeypatch.setattr(direct, "MIN_CHANNELS", 1 if blocks == "direct" else 1 << 30)
+        monkeypatch.setattr(direct, "MIN_CHANNELS", 1 if blocks != "whole" else 1 << 30)
+        monkeypatch.setattr(
+            direct, "MIN_BLOCK_OUTPUTS", 1 if blocks.endswith("images") else 1 << 30
+        )
     else:  # tiny products are not split: OpenBLAS multiplies very small matrices differently
         monkeypatch.setattr(conv_kernels, "PIECE_BYTES", 16 << 10)
         monkeypatch.setattr(layout, "BLOCKING_THRESHOLD", 64 << 10)

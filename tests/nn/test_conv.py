@@ -297,11 +297,19 @@ def _results(case: tuple, tensors: tuple, gy: np.ndarray | None, rng: np.random.
     return y.grad_fn.direct, [y.detach().numpy()] + _grads(y, gy, tensors), gy
 
 
+@pytest.fixture(params=["images", "channels"])
+def direct_split(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the offsets' products split over the threads by blocks of images, and
+    by ranges of channels."""
+    monkeypatch.setattr(direct, "MIN_BLOCK_OUTPUTS", 1 if request.param == "images" else 1 << 30)
+    return request.param
+
+
 @pytest.mark.parametrize(
     "case", ["3x3", "3x3-s2-nopad", "7x7-s2-pad3", "s2-pad2-dil2", "pairs", "same-even-kernel"]
 )
 def test_direct_agrees_with_im2col(
-    monkeypatch: pytest.MonkeyPatch, case: str, rng: np.random.Generator
+    monkeypatch: pytest.MonkeyPatch, case: str, direct_split: str, rng: np.random.Generator
 ) -> None:
     """Strides, dilations, paddings that leave offsets out, and none: the same sums as im2col
     (float64, to round-off)."""
@@ -316,7 +324,7 @@ def test_direct_agrees_with_im2col(
 
 
 def test_direct_in_blocks_of_images(
-    monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
+    monkeypatch: pytest.MonkeyPatch, direct_split: str, rng: np.random.Generator
 ) -> None:
     """A batch taken an image at a time gives what it gives whole; gradients check out."""
     case = (3, 4, 5, 3, 2, 1, 1, 1, True, (7, 6))

@@ -9,11 +9,12 @@ built. The input gradient is the same sum with input and output swapped (``dY @ 
 offset, added where that offset read), the weight gradient one product per offset,
 ``dY^T @ X``.
 
-Forward and the input gradient are split by channels of their result, a range a thread, each
-thread adding the offsets in the same order, so results do not depend on the thread count;
-the offsets of the weight gradient are pieces of their own. Large batches go through in blocks
-of images (``BLOCK_BYTES`` of input or output each). Arrays are channels-last: NHWC maps, and
-the weight as ``(Cout, kh, kw, Cin)``.
+Forward and the input gradient go through in blocks of images (``BLOCK_BYTES`` of input or
+output each, and at least two), a block a thread when blocks have enough outputs
+(``MIN_BLOCK_OUTPUTS``), else split by channels of their result, a range a thread; either way
+each output adds the offsets in the same order, so results do not depend on the thread count.
+The offsets of the weight gradient are pieces of their own. Arrays are channels-last: NHWC
+maps, and the weight as ``(Cout, kh, kw, Cin)``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ MIN_CHANNELS = 128  # narrower inputs make products too small: ResNet18's stride
 # of 64 channels took 1.04-1.24 times im2col's time forward and backward (batch 16 at 224x224,
 # 32 at 64x64; caches flushed), its convs of 128 to 512 channels 0.85-0.94, those on 2x2 maps 0.7
 BLOCK_BYTES = 8 << 20  # images of one block: at most this much of input or output
+MIN_BLOCK_OUTPUTS = 256  # blocks with fewer output positions split by channels instead: on 2x2
+# maps (batch 32, 512 channels) each thread's products were too small and both read all of the
+# weights (1.73 ms by channels, 2.33 by images); 7x7 (batch 16) 10.4 -> 9.7, 128 -> 256 channels
+# stride 2 at 28x28 9.1 -> 7.1 by images
 
 
 class Tap(NamedTuple):
@@ -78,9 +83,20 @@ def _kernels(weight: np.ndarray) -> np.ndarray:
     return channels_innermost(weight.transpose(0, 2, 3, 1))
 
 
-def _image_blocks(n: int, image_bytes: int) -> list[slice]:
-    step = max(1, BLOCK_BYTES // max(1, image_bytes))
+def _image_blocks(n: int, image_bytes: int, at_least: int = 1) -> list[slice]:
+    """Images in blocks of at most ``BLOCK_BYTES`` (or one image), ``at_least`` of them when
+    there are as many images."""
+    step = max(1, min(BLOCK_BYTES // max(1, image_bytes), -(-n // at_least)))
     return [slice(n0, min(n, n0 + step)) for n0 in range(0, n, step)]
+
+
+def _thread_blocks(n: int, image_bytes: int, out_hw: Pair) -> list[slice] | None:
+    """Blocks of images for the threads to take, every output channel of each (at least two,
+    each of ``MIN_BLOCK_OUTPUTS`` output positions), or None: split by channels instead."""
+    blocks = _image_blocks(n, image_bytes, 2)
+    smallest = min(block.stop - block.start for block in blocks)
+    enough = len(blocks) > 1 and smallest * out_hw[0] * out_hw[1] >= MIN_BLOCK_OUTPUTS
+    return blocks if enough else None
 
 
 def _gathered(maps: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
@@ -112,13 +128,18 @@ def conv(x: np.ndarray, weight: np.ndarray, win: Window, pads: Pads, out_hw: Pai
     n, h, wd, _ = x.shape
     out = np.empty((n, *out_hw, w.shape[0]), x.dtype)
     moves = [(tap, tap[2:4], tap[4:6]) for tap in taps(win, pads, (h, wd), out_hw)]
-    blocks = _image_blocks(n, max(x[0].nbytes, out[0].nbytes))
+    image_bytes = max(x[0].nbytes, out[0].nbytes)
 
-    def columns(channels: slice) -> None:
+    def columns(channels: slice, blocks: list[slice]) -> None:
         for images in blocks:
             _sum_products(x[images], out[images], moves, lambda t, c: w[c, t.i, t.j].T, channels)
 
-    in_ranges(out.shape[3], columns)
+    halves = _thread_blocks(n, image_bytes, out_hw)
+    if halves is not None:
+        parallel(lambda i: columns(slice(None), halves[i : i + 1]), len(halves))
+    else:
+        blocks = _image_blocks(n, image_bytes)
+        in_ranges(out.shape[3], lambda channels: columns(channels, blocks))
     return out
 
 
@@ -138,14 +159,15 @@ def gradients(
     n, h, wd, cin = x.shape
     cout, kh, kw, _ = w.shape
     found = taps(win, pads, (h, wd), gy.shape[1:3])
-    blocks = _image_blocks(n, max(x[0].nbytes, gy[0].nbytes))
+    image_bytes = max(x[0].nbytes, gy[0].nbytes)
+    blocks, halves = _image_blocks(n, image_bytes), _thread_blocks(n, image_bytes, gy.shape[1:3])
     gx = np.empty_like(x) if need_x else None
     gw = None
     if need_w:
         gw = (np.empty if len(found) == kh * kw else np.zeros)((cout, kh, kw, cin), x.dtype)
     moves = [(tap, tap[4:6], tap[2:4]) for tap in found]
 
-    def input_columns(channels: slice) -> None:
+    def input_columns(channels: slice, blocks: list[slice] = blocks) -> None:
         for images in blocks:
             _sum_products(gy[images], gx[images], moves, lambda t, c: w[:, t.i, t.j, c], channels)
 
@@ -160,7 +182,11 @@ def gradients(
                 target += grad @ inputs
 
     pieces: list[Callable[[], None]] = []
-    if need_x:
+    if need_x and halves is not None:
+        pieces += [
+            lambda i=i: input_columns(slice(None), halves[i : i + 1]) for i in range(len(halves))
+        ]
+    elif need_x:
         pieces += [lambda part=part: input_columns(part) for part in ranges(cin)]
     if need_w:
         pieces += [lambda tap=tap: kernel_grad(tap) for tap in found]
