@@ -154,7 +154,8 @@ def gradients(
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The NHWC input gradient and the ``(Cout, kh*kw*Cin)`` weight gradient (each None unless
     asked for) of ``conv`` from the NHWC output gradient ``gy``, in one spread of pieces over
-    the threads: the input gradient's channel ranges first, then the weight's offsets."""
+    the threads: the input gradient's blocks of images (or ranges of channels) first, then the
+    weight's offsets."""
     x, gy, w = channels_innermost(x), channels_innermost(gy), _kernels(weight)
     n, h, wd, cin = x.shape
     cout, kh, kw, _ = w.shape
