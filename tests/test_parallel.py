@@ -155,8 +155,9 @@ def _train_steps(threads: int, monkeypatch: pytest.MonkeyPatch) -> list[np.ndarr
 def test_threaded_kernels_give_the_serial_bits(
     monkeypatch: pytest.MonkeyPatch, blocks: str
 ) -> None:
-    """Whole arrays split op by op; or im2col and Winograd in many blocks, kept for backward or
-    rebuilt there (im2col weight gradients: a piece a thread, summed in piece order); or the
+    """Whole arrays split op by op; or im2col in many pieces and Winograd in many blocks, kept
+    for backward or rebuilt there (im2col weight gradients: a piece a thread, summed in piece
+    order); or the
     strided conv as one product per kernel offset (blocks of images or ranges of channels a
     thread)."""
     if blocks == "whole" or blocks.startswith("direct"):

@@ -88,8 +88,8 @@ def algorithm(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 
 
 def use_tiny_blocks(monkeypatch: pytest.MonkeyPatch, keep: bool) -> None:
-    """Block-by-block im2col, with blocks smaller than one image, kept for backward or not (and
-    im2col rows copied and multiplied a few at a time)."""
+    """im2col rows copied and multiplied a few at a time, and Winograd's tiles in blocks and
+    chunks smaller than one image; either kept for backward or not."""
     monkeypatch.setattr(conv, "PIECE_BYTES", 200)
     monkeypatch.setattr(layout, "BLOCKING_THRESHOLD", 256)
     monkeypatch.setattr(layout, "BLOCK_BYTES", 200)

@@ -2,8 +2,9 @@
 
 Activations have torch's NCHW shape but live in NHWC memory: ``nhwc`` and ``nchw`` switch
 between the two views without copying. Sliding windows are ``as_strided`` views of a padded
-NHWC array, so an im2col is one strided copy with (kh, kw, C) innermost, and large ones are
-cut into blocks of whole output rows so that each block stays in cache.
+NHWC array, so an im2col row is one strided copy with (kh, kw, C) innermost. ``cut_rows``
+cuts output rows into blocks (the pieces a thread copies and multiplies, Winograd's chunks);
+``row_blocks`` bounds the memory of Winograd's transformed tiles, block by block.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from engine.parallel import parallel_copyto
 Pair = tuple[int, int]
 Pads = tuple[int, int, int, int]  # top, bottom, left, right
 
-BLOCK_BYTES = 8 << 20  # an im2col block: measured best with its copy and product on two threads
-BLOCKING_THRESHOLD = 16 << 20  # im2col matrices above this are built and used block by block
+BLOCK_BYTES = 8 << 20  # a block of ``row_blocks`` (Winograd's transformed tiles, kept or not)
+BLOCKING_THRESHOLD = 16 << 20  # rows up to this size make one block
 MIN_BLOCK_ROWS = 1024  # the weight gradient sums over a block's rows: fewer make a slow GEMM
 
 
@@ -111,8 +112,8 @@ class Block(NamedTuple):
 
 
 def row_blocks(n: int, ho: int, wo: int, row_bytes: int) -> Iterator[Block]:
-    """Cut ``n * ho * wo`` GEMM rows into blocks of about ``BLOCK_BYTES`` of im2col each (and
-    at least ``MIN_BLOCK_ROWS`` rows).
+    """Cut ``n * ho * wo`` GEMM rows of ``row_bytes`` each into blocks of about ``BLOCK_BYTES``
+    (and at least ``MIN_BLOCK_ROWS`` rows).
 
     One block when the whole matrix is under ``BLOCKING_THRESHOLD``; otherwise blocks of whole
     images, or of output rows of one image when an image alone is too large. Blocks are in
