@@ -39,7 +39,8 @@ TARGETS: dict[str, tuple[str, ...]] = {
     # product per kernel offset in one spread of pieces over the threads: timed together
     "conv grads side by side": (f"{CONV}:gradients_side_by_side", f"{DIRECT}:gradients"),
     "conv backward, other": (f"{CONV}:Convolution.backward",),
-    # ResNet's blocks fuse ReLU (and the residual add) into BatchNorm; standalone ReLUs remain
+    # ResNet's blocks fuse ReLU (and the residual add) into BatchNorm; standalone ReLUs remain.
+    # Eval-mode BatchNorm that no gradient goes through runs in the conv's pieces: conv forward
     "BatchNorm+ReLU forward": ("engine.nn.kernels.norm:BatchNorm.forward",),
     "BatchNorm+ReLU backward": ("engine.nn.kernels.norm:BatchNorm.backward",),
     "ReLU forward (unfused)": ("engine.ops.elementwise:Relu.forward",),

@@ -100,7 +100,8 @@ def profile_table(rows: list[Result], plain: bool) -> Table:
         "exclusive times of the fastest run: conv input-grad and weight-grad are not in "
         "'conv backward, other'; small layers compute both at once, one a thread, and wide "
         "ones without Winograd in one spread over the threads ('conv grads side by side'); "
-        "other: autograd, loss, fc, additions, copies, timers",
+        "where no gradient goes through BatchNorm in eval mode (eval, frozen backbone), it "
+        "runs inside 'conv forward'; other: autograd, loss, fc, additions, copies, timers",
     ]
     if all("floor_ms" in profile for profile in profiles):
         rates = ", ".join(f"{profile['sgemm_gflops']:.0f}" for profile in profiles)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 
 from engine import nn
+from engine.autograd.grad_mode import is_grad_enabled
 from engine.io import load_state_dict_file
+from engine.nn import functional as F
 from engine.tensor import Tensor
 
 
@@ -21,6 +23,30 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
+def conv_norm_relu(
+    conv: nn.Module,
+    norm: nn.Module,
+    relu: nn.Module,
+    x: Tensor,
+    shortcut: Tensor | None = None,
+    downsample: nn.Module | None = None,
+) -> Tensor:
+    """``relu(norm(conv(x)) + shortcut)``, the shortcut taken through ``downsample`` if given
+    (no sum when ``shortcut`` is None), modules called in torchvision's order.
+
+    Plain modules without hooks go through fused kernels with the same numbers: batch norm,
+    the sum and ReLU in one pass; in eval mode where no gradient goes through, the convolution
+    too (``conv2d_batch_norm``, as is the downsample's convolution and batch norm).
+    """
+    if not (_plain(relu, nn.ReLU) and _fusable(conv, norm, x)):
+        return norm_relu(norm, relu, conv(x), shortcut, downsample)
+    if shortcut is not None and downsample is not None:
+        shortcut = _downsample(downsample, shortcut)
+    if shortcut is not None and is_grad_enabled() and shortcut.requires_grad:
+        return norm_relu(norm, relu, conv(x), shortcut)
+    return _conv_norm(conv, norm, x, shortcut, relu=True)
+
+
 def norm_relu(
     norm: nn.Module,
     relu: nn.Module,
@@ -28,9 +54,8 @@ def norm_relu(
     shortcut: Tensor | None = None,
     downsample: nn.Module | None = None,
 ) -> Tensor:
-    """``relu(norm(x) + shortcut)``, the shortcut taken through ``downsample`` if given (no
-    sum when ``shortcut`` is None), modules called in torchvision's order. One fused kernel,
-    with the same numbers, when ``norm`` and ``relu`` are a plain ``BatchNorm2d`` and
+    """``relu(norm(x) + shortcut)``, as ``conv_norm_relu`` after the convolution: one fused
+    kernel, with the same numbers, when ``norm`` and ``relu`` are a plain ``BatchNorm2d`` and
     ``ReLU`` without hooks."""
     fused = _plain(norm, nn.BatchNorm2d) and _plain(relu, nn.ReLU)
     out = None if fused else norm(x)
@@ -43,6 +68,52 @@ def norm_relu(
 
 def _plain(module: nn.Module, cls: type) -> bool:
     return type(module) is cls and not module._forward_hooks and not module._forward_pre_hooks
+
+
+def _fusable(conv: nn.Module, norm: nn.Module, x: Tensor) -> bool:
+    """Whether ``norm(conv(x))`` can be one ``conv2d_batch_norm``: a plain ``Conv2d`` with zero
+    padding and a plain ``BatchNorm2d`` normalising with its running statistics, a 4-D input,
+    and no gradient to go through them."""
+    if not (_plain(conv, nn.Conv2d) and conv.padding_mode == "zeros" and x.ndim == 4):
+        return False
+    if not _plain(norm, nn.BatchNorm2d) or norm.training or norm.running_mean is None:
+        return False
+    tensors = (x, conv.weight, conv.bias, norm.weight, norm.bias)
+    return not (is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+
+
+def _downsample(downsample: nn.Module, x: Tensor) -> Tensor:
+    """The shortcut through ``downsample``; one fused kernel when it is torchvision's plain
+    ``Sequential`` of a convolution and a batch norm that ``_fusable`` allows."""
+    parts = list(downsample.children())
+    if _plain(downsample, nn.Sequential) and len(parts) == 2 and _fusable(*parts, x):
+        return _conv_norm(*parts, x)
+    return downsample(x)
+
+
+def _conv_norm(
+    conv: nn.Conv2d,
+    norm: nn.BatchNorm2d,
+    x: Tensor,
+    shortcut: Tensor | None = None,
+    relu: bool = False,
+) -> Tensor:
+    return F.conv2d_batch_norm(
+        x,
+        conv.weight,
+        conv.bias,
+        norm.running_mean,
+        norm.running_var,
+        norm.weight,
+        norm.bias,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        eps=norm.eps,
+        residual=shortcut,
+        relu=relu,
+    )
 
 
 class BasicBlock(nn.Module):
@@ -63,8 +134,8 @@ class BasicBlock(nn.Module):
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
-        out = norm_relu(self.bn1, self.relu, self.conv1(x))
-        return norm_relu(self.bn2, self.relu, self.conv2(out), x, self.downsample)
+        out = conv_norm_relu(self.conv1, self.bn1, self.relu, x)
+        return conv_norm_relu(self.conv2, self.bn2, self.relu, out, x, self.downsample)
 
 
 class Bottleneck(nn.Module):
@@ -87,9 +158,9 @@ class Bottleneck(nn.Module):
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
-        out = norm_relu(self.bn1, self.relu, self.conv1(x))
-        out = norm_relu(self.bn2, self.relu, self.conv2(out))
-        return norm_relu(self.bn3, self.relu, self.conv3(out), x, self.downsample)
+        out = conv_norm_relu(self.conv1, self.bn1, self.relu, x)
+        out = conv_norm_relu(self.conv2, self.bn2, self.relu, out)
+        return conv_norm_relu(self.conv3, self.bn3, self.relu, out, x, self.downsample)
 
 
 Block = type[BasicBlock] | type[Bottleneck]
@@ -148,7 +219,7 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(norm_relu(self.bn1, self.relu, self.conv1(x)))
+        x = self.maxpool(conv_norm_relu(self.conv1, self.bn1, self.relu, x))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = self.avgpool(x).flatten(1)
         return self.fc(x)

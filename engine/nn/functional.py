@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 
 from engine.nn.kernels.conv import conv2d
+from engine.nn.kernels.conv_norm import conv2d_batch_norm
 from engine.nn.kernels.dropout import dropout
 from engine.nn.kernels.loss import cross_entropy, l1_loss, mse_loss, nll_loss
 from engine.nn.kernels.norm import batch_norm
@@ -24,6 +25,7 @@ __all__ = [
     "avg_pool2d",
     "batch_norm",
     "conv2d",
+    "conv2d_batch_norm",
     "cross_entropy",
     "dropout",
     "flatten",

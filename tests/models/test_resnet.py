@@ -13,6 +13,7 @@ from cli.bench.torch_resnet import ARCHS, torch_resnet
 from engine import nn
 from engine.autograd import gradcheck
 from engine.models import BasicBlock, Bottleneck, resnet18, resnet34, resnet50
+from engine.nn import functional as F
 
 BUILDERS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 
@@ -129,6 +130,19 @@ def test_eval_logits_match_torch(torch, rng, arch):
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_eval_logits_without_grad_match_torch(torch, rng, arch):
+    """Under no_grad every convolution and its batch norm run as one fused kernel."""
+    ours, theirs = pair(torch, arch)
+    x = images(rng)
+    with engine.no_grad():
+        got = ours.eval()(engine.tensor(x)).numpy()
+    with torch.no_grad():
+        expected = theirs.eval()(torch.from_numpy(x)).numpy()
+    assert_close(got, expected)
+
+
+@pytest.mark.torch
 def test_eval_logits_match_torch_at_224(torch, rng):
     """At 224x224 every convolution algorithm runs: im2col (conv1, strided, 7x7 layer4),
     Winograd F(4x4) on 56x56 and 28x28, and F(4x4) computed as 16x16 and cropped on 14x14."""
@@ -218,6 +232,82 @@ def test_hooks_switch_blocks_to_module_calls_with_the_same_numbers(rng, arch):
         < calls.index("layer2.0.downsample")
         < calls.index("layer2.0.relu", calls.index(last))
     )
+
+
+def _fused_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """An entry for each call of the fused convolution and batch norm."""
+    calls: list[int] = []
+    fused = F.conv2d_batch_norm
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(F, "conv2d_batch_norm", counted)
+    return calls
+
+
+def _with_running_stats(model: nn.Module, rng: np.random.Generator) -> nn.Module:
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            c = module.num_features
+            module.running_mean.copy_(engine.tensor(rng.standard_normal(c).astype(np.float32)))
+            module.running_var.copy_(engine.tensor(rng.uniform(0.5, 2, c).astype(np.float32)))
+    return model
+
+
+@pytest.mark.parametrize(("arch", "norms"), [("resnet18", 20), ("resnet50", 53)])
+def test_eval_without_grad_fuses_each_conv_with_its_norm(monkeypatch, rng, arch, norms):
+    """In eval mode, where no gradient goes through, each convolution and its BatchNorm (the
+    downsample's too) are one kernel, with the numbers of the modules called one by one."""
+    engine.manual_seed(0)
+    model = _with_running_stats(BUILDERS[arch](num_classes=10), rng).eval()
+    x = engine.tensor(images(rng, 3))
+    calls = _fused_calls(monkeypatch)
+    with engine.no_grad():
+        fused = model(x).numpy()
+    assert len(calls) == norms == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    separate = model(x).detach().numpy()  # the parameters require grad: nothing fused
+    assert len(calls) == norms
+    np.testing.assert_array_equal(fused, separate)
+
+
+def test_frozen_backbone_in_eval_mode_fuses_and_trains_the_head(monkeypatch, rng):
+    """A frozen backbone with BatchNorm in eval mode (``bn: eval``) runs fused; the head's
+    gradients are those of the modules called one by one (a hook on each conv)."""
+    grads = []
+    x, target = engine.tensor(images(rng, 4)), engine.tensor(np.array([3, 7, 0, 9]))
+    for hooked in (False, True):
+        engine.manual_seed(0)
+        model = _with_running_stats(resnet18(num_classes=10), np.random.default_rng(1)).eval()
+        for name, param in model.named_parameters():
+            param.requires_grad = name.startswith("fc.")
+        calls = _fused_calls(monkeypatch)
+        if hooked:
+            for module in model.modules():
+                if isinstance(module, nn.Conv2d):
+                    module.register_forward_hook(lambda m, i, o: None)
+        nn.CrossEntropyLoss()(model(x), target).backward()
+        assert len(calls) == (0 if hooked else 20)
+        grads.append([model.fc.weight.grad.numpy(), model.fc.bias.grad.numpy()])
+    for fused, separate in zip(*grads, strict=True):
+        np.testing.assert_array_equal(fused, separate)
+
+
+@pytest.mark.parametrize(
+    ("trainable", "fused"), [("bn1.weight", 0), ("layer1.0.conv1.weight", 1), ("downsample", 19)]
+)
+def test_no_fusion_where_a_gradient_goes_through(monkeypatch, rng, trainable, fused):
+    """A trainable BatchNorm or convolution keeps its convolution and norm apart, and all
+    after it, which the gradient goes through; a training-mode BatchNorm only its own."""
+    model = _with_running_stats(resnet18(num_classes=10), rng).eval()
+    for name, param in model.named_parameters():
+        param.requires_grad = name == trainable
+    if trainable == "downsample":
+        model.layer2[0].downsample[1].train()
+    calls = _fused_calls(monkeypatch)
+    model(engine.tensor(images(rng)))
+    assert len(calls) == fused
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from engine.autograd.function import Op
 from engine.nn.kernels import direct, winograd
 from engine.nn.kernels.layout import (
     Block,
+    Epilogue,
     Pads,
     Pair,
     Window,
@@ -98,13 +99,22 @@ def _matmul_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         out[...] = matmul(a, b)
 
 
-def _products(source: np.ndarray, wt: np.ndarray, out: np.ndarray, into: np.ndarray | None) -> None:
-    """``out = rows @ wt`` for one group's im2col rows, one thread a piece."""
+def _products(
+    source: np.ndarray,
+    wt: np.ndarray,
+    out: np.ndarray,
+    into: np.ndarray | None,
+    finish: Callable[[Block], None] | None = None,
+) -> None:
+    """``out = rows @ wt`` for one group's im2col rows, one thread a piece, which then
+    ``finish``es the piece."""
     pieces = _window_pieces(source)
 
     def piece(i: int) -> None:
         pc = pieces[i]
         _matmul_into(_rows(source, pc, into), wt, out[pc.r0 : pc.r1])
+        if finish is not None:
+            finish(pc)
 
     parallel(piece, len(pieces))
 
@@ -126,18 +136,34 @@ def _products_t(source: np.ndarray, gy: np.ndarray) -> np.ndarray:
 
 
 def gemm_conv(
-    xp: np.ndarray, wmat: np.ndarray, win: Window, out_hw: Pair, groups: int, keep: bool = False
+    xp: np.ndarray,
+    wmat: np.ndarray,
+    win: Window,
+    out_hw: Pair,
+    groups: int,
+    keep: bool = False,
+    epilogue: Epilogue | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray] | None]:
-    """Correlate the padded NHWC ``xp`` with ``wmat``: the ``(N*Ho*Wo, Cout)`` result.
+    """Correlate the padded NHWC ``xp`` with ``wmat``: the ``(N, Ho, Wo, Cout)`` result.
 
     The im2col rows are copied and multiplied in pieces (``_pieces``), one thread a piece,
-    while they are in its cache. With ``keep``, also returns each group's im2col rows when
-    they add up to at most ``KEEP_BYTES`` (``None`` above: backward copies them again).
+    while they are in its cache; with one group, that thread then applies ``epilogue`` to the
+    piece's outputs (with more, it is applied to the whole at the end). With ``keep``, also
+    returns each group's im2col rows when they add up to at most ``KEEP_BYTES`` (``None``
+    above: backward copies them again).
     """
     n, (ho, wo) = xp.shape[0], out_hw
     cout, k = wmat.shape
     cog = cout // groups
     out = np.empty((n * ho * wo, cout), xp.dtype)
+    maps = out.reshape(n, ho, wo, cout)
+    finish = None
+    if epilogue is not None and groups == 1:
+
+        def finish(pc: Block) -> None:
+            images, rows = slice(pc.n0, pc.n1), slice(pc.h0, pc.h1)
+            epilogue(maps[images, rows], images, rows)
+
     keep = keep and n * ho * wo * k * xp.itemsize <= KEEP_BYTES
     kept = []
     for g, source in enumerate(_windows(xp, win, out_hw, groups)):
@@ -145,9 +171,11 @@ def gemm_conv(
         if keep and not source.flags.c_contiguous:
             into = np.empty(source.shape, xp.dtype)
         gs = slice(g * cog, (g + 1) * cog)
-        _products(source, wmat[gs].T, out[:, gs], into)
+        _products(source, wmat[gs].T, out[:, gs], into, finish)
         kept.append(source if into is None else into)
-    return out, kept if keep else None
+    if epilogue is not None and groups > 1:
+        epilogue(maps, slice(None), slice(None))
+    return maps, kept if keep else None
 
 
 def weight_grad(sources: list[np.ndarray], gy2d: np.ndarray, groups: int) -> np.ndarray:
@@ -219,8 +247,7 @@ def input_grad_flipped(
     flipped = weight.reshape(groups, cog, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 3, 4, 1, 2)
     rows = np.ascontiguousarray(flipped).reshape(groups, kh * kw * cog, cg)
     wmat = rows.transpose(0, 2, 1).reshape(groups * cg, kh * kw * cog)  # a view for one group
-    out, _ = gemm_conv(gyp, wmat, win._replace(stride=(1, 1)), in_hw, groups)
-    return out.reshape(gy.shape[0], *in_hw, groups * cg)
+    return gemm_conv(gyp, wmat, win._replace(stride=(1, 1)), in_hw, groups)[0]
 
 
 def gradients_side_by_side(
@@ -237,25 +264,30 @@ class Convolution(Op):
 
     Keeps for backward: the input and weight (version-checked), the im2col matrix when at most
     ``KEEP_BYTES`` (the Winograd tiles: ``WINOGRAD_KEEP_BYTES``), and the weight matrix when dX
-    goes through col2im.
+    goes through col2im. The bias is added to each piece of the output as it is done, and then
+    ``epilogue`` applied, if given (for outputs that no gradient goes through).
     """
 
     differentiable = False
     backward_name = "ConvolutionBackward0"
 
-    def __init__(self, stride: Pair, pads: Pads, dilation: Pair, groups: int) -> None:
+    def __init__(
+        self,
+        stride: Pair,
+        pads: Pads,
+        dilation: Pair,
+        groups: int,
+        epilogue: Epilogue | None = None,
+    ) -> None:
         self.stride, self.pads, self.dilation, self.groups = stride, pads, dilation, groups
+        self.epilogue = epilogue
 
     def forward(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         n, _, h, w = x.shape
         cout, _, kh, kw = weight.shape
-        pt, pb, pl, pr = self.pads
         self.win = Window((kh, kw), self.stride, self.dilation)
         self.in_shape, self.cout = (n, h, w, x.shape[1]), cout
-        self.out_hw = (
-            out_size(h, pt + pb, kh, self.stride[0], self.dilation[0]),
-            out_size(w, pl + pr, kw, self.stride[1], self.dilation[1]),
-        )
+        self.out_hw = output_hw((h, w), self.win, self.pads)
         need_x, need_w, _ = self.needs_input_grad
         scheme = winograd.fits(self.win, self.pads, n, self.out_hw, self.groups, x.dtype)
         self.winograd = scheme
@@ -264,24 +296,38 @@ class Convolution(Op):
         wmat = None if (scheme or self.direct) and not col2im else weight_matrix(weight)
         keep = self.requires_grad and need_w
         self.empty = x.size == 0  # no images (or no input channels): torch's zeros
+        finish = self._finish(bias)
         if self.empty:
             out, kept = np.zeros((n, *self.out_hw, cout), x.dtype), None
+            if finish is not None:
+                finish(out, slice(None), slice(None))
         elif scheme:
             tiles = winograd.tile_count(scheme, n, self.out_hw)
             keep = keep and scheme.points * tiles * x.shape[1] * x.itemsize <= WINOGRAD_KEEP_BYTES
-            out, kept = winograd.conv(scheme, nhwc(x), winograd.weights(weight), keep)
+            out, kept = winograd.conv(scheme, nhwc(x), winograd.weights(weight), keep, finish)
         elif self.direct:
-            out, kept = direct.conv(nhwc(x), weight, self.win, self.pads, self.out_hw), None
+            out = direct.conv(nhwc(x), weight, self.win, self.pads, self.out_hw, finish)
+            kept = None
         else:
             xp = pad_nhwc(nhwc(x), self.pads)
-            out, kept = gemm_conv(xp, wmat, self.win, self.out_hw, self.groups, keep)
-        out = out.reshape(n, *self.out_hw, cout)
-        if bias is not None:
-            out += bias
+            out, kept = gemm_conv(xp, wmat, self.win, self.out_hw, self.groups, keep, finish)
         self.save_inputs(0, 1)
         self.save_arrays(kept, wmat if col2im else None)
         self.weight_channels_last = weight.transpose(0, 2, 3, 1).flags.c_contiguous
         return nchw(out)
+
+    def _finish(self, bias: np.ndarray | None) -> Epilogue | None:
+        """What is done to each region of the output once the kernel has computed it: the
+        bias added, then ``self.epilogue``."""
+        if bias is None:
+            return self.epilogue
+
+        def finish(region: np.ndarray, images: slice, rows: slice) -> None:
+            region += bias
+            if self.epilogue is not None:
+                self.epilogue(region, images, rows)
+
+        return finish
 
     def product_flops(self) -> tuple[int, int, int]:
         """Floating-point operations of the matrix products of forward, the input gradient
@@ -453,6 +499,34 @@ def _scalar_name(t: Tensor) -> str:
     return _SCALAR_NAMES.get(t._data.dtype.name, t._data.dtype.name)
 
 
+def output_hw(in_hw: Pair, win: Window, pads: Pads) -> Pair:
+    """The height and width of a convolution's output."""
+    return (
+        out_size(in_hw[0], pads[0] + pads[1], win.kernel[0], win.stride[0], win.dilation[0]),
+        out_size(in_hw[1], pads[2] + pads[3], win.kernel[1], win.stride[1], win.dilation[1]),
+    )
+
+
+ConvArgs = tuple[Window, Pads]  # a convolution's checked geometry
+
+
+def conv_args(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: int | tuple[int, int],
+    padding: int | tuple[int, int] | str,
+    dilation: int | tuple[int, int],
+    groups: int,
+) -> ConvArgs:
+    """The window and pads of a 4-D ``conv2d`` call, after torch's checks."""
+    kernel = tuple(weight.shape[2:4]) if weight.ndim == 4 else (1, 1)
+    win = Window(kernel, _conv_pair(stride, "stride"), _conv_pair(dilation, "dilation"))
+    pads = _conv_pads(padding, win)
+    _check_conv(input, weight, bias, win, pads, groups)
+    return win, pads
+
+
 def conv2d(
     input: Tensor,
     weight: Tensor,
@@ -475,8 +549,5 @@ def conv2d(
             "Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
             f"{list(input.shape)}"
         )
-    kernel = tuple(weight.shape[2:4]) if weight.ndim == 4 else (1, 1)
-    win = Window(kernel, _conv_pair(stride, "stride"), _conv_pair(dilation, "dilation"))
-    pads = _conv_pads(padding, win)
-    _check_conv(input, weight, bias, win, pads, groups)
+    win, pads = conv_args(input, weight, bias, stride, padding, dilation, groups)
     return Convolution(win.stride, pads, win.dilation, groups)(input, weight, bias)

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.nn.kernels.layout import Pads, Pair, Window, channels_innermost, offsets
+from engine.nn.kernels.layout import Epilogue, Pads, Pair, Window, channels_innermost, offsets
 from engine.parallel import in_ranges, parallel, ranges
 
 MIN_CHANNELS = 128  # narrower inputs make products too small: ResNet18's stride-2 3x3 conv
@@ -122,8 +122,16 @@ def _sum_products(
         region += product
 
 
-def conv(x: np.ndarray, weight: np.ndarray, win: Window, pads: Pads, out_hw: Pair) -> np.ndarray:
-    """The correlation of the NHWC ``x`` with the OIHW ``weight``: the NHWC output."""
+def conv(
+    x: np.ndarray,
+    weight: np.ndarray,
+    win: Window,
+    pads: Pads,
+    out_hw: Pair,
+    epilogue: Epilogue | None = None,
+) -> np.ndarray:
+    """The correlation of the NHWC ``x`` with the OIHW ``weight``: the NHWC output, with
+    ``epilogue`` applied to each thread's block of images (split by channels: to the whole)."""
     x, w = channels_innermost(x), _kernels(weight)
     n, h, wd, _ = x.shape
     out = np.empty((n, *out_hw, w.shape[0]), x.dtype)
@@ -134,12 +142,19 @@ def conv(x: np.ndarray, weight: np.ndarray, win: Window, pads: Pads, out_hw: Pai
         for images in blocks:
             _sum_products(x[images], out[images], moves, lambda t, c: w[c, t.i, t.j].T, channels)
 
+    def block(images: slice) -> None:
+        columns(slice(None), [images])
+        if epilogue is not None:
+            epilogue(out[images], images, slice(None))
+
     halves = _thread_blocks(n, image_bytes, out_hw)
     if halves is not None:
-        parallel(lambda i: columns(slice(None), halves[i : i + 1]), len(halves))
+        parallel(lambda i: block(halves[i]), len(halves))
     else:
         blocks = _image_blocks(n, image_bytes)
         in_ranges(out.shape[3], lambda channels: columns(channels, blocks))
+        if epilogue is not None:
+            epilogue(out, slice(None), slice(None))
     return out
 
 

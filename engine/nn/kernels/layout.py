@@ -4,12 +4,13 @@ Activations have torch's NCHW shape but live in NHWC memory: ``nhwc`` and ``nchw
 between the two views without copying. Sliding windows are ``as_strided`` views of a padded
 NHWC array, so an im2col row is one strided copy with (kh, kw, C) innermost. ``cut_rows``
 cuts output rows into blocks (the pieces a thread copies and multiplies, Winograd's chunks);
-``row_blocks`` bounds the memory of Winograd's transformed tiles, block by block.
+``row_blocks`` bounds the memory of Winograd's transformed tiles, block by block. A kernel
+given an ``Epilogue`` applies it to each region of its output as it finishes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -19,6 +20,9 @@ from engine.parallel import parallel_copyto
 
 Pair = tuple[int, int]
 Pads = tuple[int, int, int, int]  # top, bottom, left, right
+Epilogue = Callable[[np.ndarray, slice, slice], None]  # work on a region of a kernel's NHWC
+# output ``out[images, rows]`` (every column and channel: C-contiguous), called with it and its
+# two slices as soon as it is final, on the thread that computed it, while in that thread's cache
 
 BLOCK_BYTES = 8 << 20  # a block of ``row_blocks`` (Winograd's transformed tiles, kept or not)
 BLOCKING_THRESHOLD = 16 << 20  # rows up to this size make one block

@@ -111,11 +111,11 @@ def _block_rows(rows: np.ndarray) -> int:
     return min(rows.shape[1], max(1, size // rows.shape[2]))
 
 
-def _tiled(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def _tiled(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Per-channel ``values`` repeated over a tile of ``TILE_ELEMENTS // C`` rows (at least one)
-    in the dtype of ``rows`` ((N', L, C) view), for ``_tile_pieces``."""
-    c = rows.shape[2]
-    return np.broadcast_to(values.astype(rows.dtype), (max(1, TILE_ELEMENTS // c), c)).copy()
+    in ``dtype``, for ``_tile_pieces``."""
+    c = len(values)
+    return np.broadcast_to(values.astype(dtype), (max(1, TILE_ELEMENTS // c), c)).copy()
 
 
 def _tile_pieces(tile_rows: int, *blocks: np.ndarray) -> Iterator[tuple[int, list[np.ndarray]]]:
@@ -165,7 +165,7 @@ def _centered_sums(
     Blocks run on the engine's threads; their partial sums are added in block order.
     """
     ones = None if _split(rows) else np.ones(_block_rows(rows), rows.dtype)
-    shift = None if shift is None else _tiled(shift, rows)
+    shift = None if shift is None else _tiled(shift, rows.dtype)
 
     def sum_block(x: np.ndarray, v: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         m = len(x)
@@ -217,33 +217,41 @@ def _center(
     return mean if np.any(np.abs(mean) * invstd > limit) else None
 
 
-Term = tuple[np.ndarray, np.ndarray | None, np.ndarray]  # rows, per-channel center, coefficient
+Term = tuple[np.ndarray | None, np.ndarray]  # per-channel center and coefficient
 
 
-def _combine(
-    out: np.ndarray,
-    terms: list[Term],
-    const: np.ndarray | None = None,
-    addend: np.ndarray | None = None,
-    relu: bool = False,
-) -> None:
-    """``out = sum((rows - center) * coef) + const + addend`` per channel, then ReLU if ``relu``,
-    block by block on the engine's threads.
+class Combination:
+    """``target = sum((rows - center) * coef) + const + addend`` per channel, then ReLU if
+    ``relu``, for ``(m, C)`` blocks: ``combination(target, *rows, addend)``, one block of rows
+    per term, then the addend's if ``addend``. ``target`` may be one of the blocks.
 
     A ``None`` center is zero. Centering before scaling keeps the result accurate when the
     values sit far from zero next to their spread.
     """
-    cast = [
-        (None if center is None else _tiled(center, out), _tiled(coef, out))
-        for _, center, coef in terms
-    ]
-    const = None if const is None else _tiled(const, out)
-    zeros = np.zeros_like(cast[0][1]) if relu else None
-    views = [out, *(rows for rows, _, _ in terms)] + ([] if addend is None else [addend])
 
-    def combine_piece(k: int, target: np.ndarray, *blocks: np.ndarray) -> None:
-        scratch = np.empty_like(target) if len(terms) > 1 else None
-        for i, (rows, (center, coef)) in enumerate(zip(blocks, cast, strict=False)):
+    def __init__(
+        self,
+        dtype: np.dtype,
+        terms: list[Term],
+        const: np.ndarray | None = None,
+        addend: bool = False,
+        relu: bool = False,
+    ) -> None:
+        self.terms = [
+            (None if center is None else _tiled(center, dtype), _tiled(coef, dtype))
+            for center, coef in terms
+        ]
+        self.const = None if const is None else _tiled(const, dtype)
+        self.addend = addend
+        self.zeros = np.zeros_like(self.terms[0][1]) if relu else None
+
+    def __call__(self, target: np.ndarray, *blocks: np.ndarray) -> None:
+        for k, pieces in _tile_pieces(len(self.terms[0][1]), target, *blocks):
+            self._piece(k, *pieces)
+
+    def _piece(self, k: int, target: np.ndarray, *blocks: np.ndarray) -> None:
+        scratch = np.empty_like(target) if len(self.terms) > 1 else None
+        for i, (rows, (center, coef)) in enumerate(zip(blocks, self.terms, strict=False)):
             part = target if i == 0 else scratch
             if center is None:
                 np.multiply(rows, coef[:k], out=part)
@@ -252,18 +260,65 @@ def _combine(
                 part *= coef[:k]
             if i:
                 target += part
-        if const is not None:
-            target += const[:k]
-        if addend is not None:
+        if self.const is not None:
+            target += self.const[:k]
+        if self.addend:
             target += blocks[-1]
-        if relu:
-            np.maximum(target, zeros[:k], out=target)  # a dense zero tile: twice as fast as 0
+        if self.zeros is not None:
+            np.maximum(target, self.zeros[:k], out=target)  # a dense zero tile: twice as fast
 
-    def combine_block(*blocks: np.ndarray) -> None:
-        for k, pieces in _tile_pieces(len(cast[0][1]), *blocks):
-            combine_piece(k, *pieces)
 
-    _each_block(combine_block, *views)
+def _combine(
+    out: np.ndarray,
+    terms: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]],
+    const: np.ndarray | None = None,
+    addend: np.ndarray | None = None,
+    relu: bool = False,
+) -> None:
+    """``Combination`` of ``(rows, center, coef)`` terms into the ``(N', L, C)`` view ``out``,
+    block by block on the engine's threads."""
+    combination = Combination(
+        out.dtype, [term[1:] for term in terms], const, addend is not None, relu
+    )
+    views = [out, *(rows for rows, _, _ in terms)] + ([] if addend is None else [addend])
+    _each_block(combination, *views)
+
+
+def affine(
+    mean: np.ndarray,
+    var: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """Batch norm with these statistics as a per-channel affine map (float64): ``invstd`` and
+    the ``center``, ``scale`` and ``const`` of ``(x - center) * scale + const`` (a None center
+    is zero)."""
+    invstd = 1.0 / np.sqrt(var + eps)
+    scale = invstd if weight is None else invstd * weight
+    center = _center(mean, invstd)
+    if center is None:
+        bias = -mean * scale if bias is None else bias - mean * scale
+    return invstd, center, scale, bias
+
+
+def eval_map(
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+    dtype: np.dtype,
+    residual: bool = False,
+    relu: bool = False,
+) -> Combination:
+    """Eval-mode ``batch_norm`` (then the residual added and ReLU, as the op's extras) as a
+    ``Combination`` of one term, for blocks of rows: the numbers ``BatchNorm`` computes, to the
+    bit, wherever the blocks are cut (the convolutions apply it to their outputs in cache)."""
+    with np.errstate(all="ignore"):
+        mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
+        _, center, scale, const = affine(mean, var, weight, bias, eps)
+    return Combination(dtype, [(center, scale)], const, residual, relu)
 
 
 def _relu_grad(grad: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -310,11 +365,7 @@ class BatchNorm(Op):
             self.batch_mean, self.batch_var = mean, var
         else:
             mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
-        invstd = 1.0 / np.sqrt(var + self.eps)
-        scale = invstd if weight is None else invstd * weight
-        center = _center(mean, invstd)
-        if center is None:
-            bias = -mean * scale if bias is None else bias - mean * scale
+        invstd, center, scale, bias = affine(mean, var, weight, bias, self.eps)
         out = np.empty_like(x)
         addend = None if residual is None else _rows(_like(x, residual))
         _combine(_rows(out), [(rows, center, scale)], bias, addend, self.relu)
@@ -369,8 +420,8 @@ class BatchNorm(Op):
         return dx, dw, db, None, None, residual_grad
 
 
-def _check_sizes(input: Tensor, **vectors: Tensor | None) -> None:
-    channels = input.shape[1]
+def check_sizes(channels: int, **vectors: Tensor | None) -> None:
+    """Raise torch's error for the first of ``vectors`` without ``channels`` elements."""
     for name, vector in vectors.items():
         if vector is not None and vector.numel() != channels:
             raise RuntimeError(f"{name} should contain {channels} elements not {vector.numel()}")
@@ -414,8 +465,8 @@ def batch_norm(
         raise RuntimeError("running_mean must be defined in evaluation mode")
     elif running_var is None:
         raise RuntimeError("running_var must be defined in evaluation mode")
-    _check_sizes(  # in torch's order, so the first mismatch is named as torch names it
-        input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
+    check_sizes(  # in torch's order, so the first mismatch is named as torch names it
+        input.shape[1], running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
     )
     if residual is not None and residual.shape != input.shape:
         raise RuntimeError(

@@ -31,6 +31,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from engine.nn.kernels.layout import (
     Block,
+    Epilogue,
     Pair,
     Window,
     channels_innermost,
@@ -195,22 +196,26 @@ def _input_tiles(
     return np.matmul(scheme.input.astype(x.dtype), taps, out=out)
 
 
-def _put_outputs(scheme: Scheme, out: np.ndarray, t: np.ndarray, blk: Block, ch: Block) -> None:
+def _put_outputs(
+    scheme: Scheme, out: np.ndarray, t: np.ndarray, blk: Block, ch: Block
+) -> tuple[slice, slice]:
     """Write the m x m blocks of outputs of chunk ``ch`` of block ``blk`` from their transformed
     ``t`` ``(T, P, Cout)`` (blocks that reach past the output's bottom or right edge are
-    cropped)."""
-    m, (w, c) = scheme.m, out.shape[2:]
+    cropped); return the images and rows of ``out`` written."""
+    m, (h, w, c) = scheme.m, out.shape[1:]
     n, rows, top = ch.n1 - ch.n0, ch.h1 - ch.h0, scheme.m * (blk.h0 + ch.h0)
     cols = len(t) // (n * rows)
     blocks = np.matmul(scheme.output.astype(t.dtype), t).reshape(n, rows, cols, m, m, c)
     blocks = blocks.transpose(0, 1, 3, 2, 4, 5)  # (n, rows, m, cols, m, C): NHWC order
-    target = out[blk.n0 + ch.n0 : blk.n0 + ch.n1, top : top + m * rows]
+    images, written = slice(blk.n0 + ch.n0, blk.n0 + ch.n1), slice(top, min(h, top + m * rows))
+    target = out[images, written]
     if target.shape[1:3] == (m * rows, m * cols):
         target.reshape(n, rows, m, cols, m, c)[...] = blocks
-        return
+        return images, written
     whole = np.empty(blocks.shape, t.dtype)
     whole[...] = blocks
     target[...] = whole.reshape(n, m * rows, m * cols, c)[:, : target.shape[1], :w]
+    return images, written
 
 
 def _in_chunks(work: Callable[[Block], None], blk: Block, tw: int, tile_bytes: int) -> None:
@@ -228,11 +233,15 @@ def weights(weight: np.ndarray, flipped: bool = False) -> np.ndarray:
 
 
 def conv(
-    scheme: Scheme, x: np.ndarray, w9: np.ndarray, keep: bool = False
+    scheme: Scheme,
+    x: np.ndarray,
+    w9: np.ndarray,
+    keep: bool = False,
+    epilogue: Epilogue | None = None,
 ) -> tuple[np.ndarray, Tiles | None]:
     """The stride-1 correlation of the NHWC ``x``, padded by one, with ``(9, Cin, Cout)``
-    kernels: an NHWC output of the input's height and width; with ``keep``, also the
-    transformed input tiles of each block."""
+    kernels: an NHWC output of the input's height and width (``epilogue`` applied to each
+    chunk's outputs); with ``keep``, also the transformed input tiles of each block."""
     x = channels_innermost(x)
     n, out_hw, (cin, cout) = x.shape[0], x.shape[1:3], w9.shape[1:]
     u = _apply(scheme.weight, w9)
@@ -245,7 +254,9 @@ def conv(
         def chunk(ch: Block, blk: Block = blk, v: np.ndarray | None = v) -> None:
             tiles = _input_tiles(scheme, x, blk, ch, tw, None if v is None else v[ch.r0 : ch.r1])
             products = np.matmul(tiles.transpose(1, 0, 2), u)  # (P, T, Cout)
-            _put_outputs(scheme, out, products.transpose(1, 0, 2), blk, ch)
+            images, rows = _put_outputs(scheme, out, products.transpose(1, 0, 2), blk, ch)
+            if epilogue is not None:
+                epilogue(out[images, rows], images, rows)
 
         _in_chunks(chunk, blk, tw, scheme.points * max(cin, cout) * x.itemsize)
         if kept is not None:
