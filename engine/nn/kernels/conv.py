@@ -11,7 +11,9 @@ weight gradient, larger ones are copied again, piece by piece, in backward.
 3x3 stride-1, padding-1 convolutions go through Winograd's F(2x2, 3x3) or F(4x4, 3x3)
 instead (``winograd``), forward and both gradients, keeping its transformed input tiles the
 same way (up to ``WINOGRAD_KEEP_BYTES``); other wide ones (``direct.fits``) through one product
-per kernel offset (``direct``), which skips the padding.
+per kernel offset (``direct``), which skips the padding. Whatever the kernel, the thread that
+finishes a region of the output adds the bias there and applies the op's epilogue, if any
+(``conv_norm``'s eval-mode batch norm), while the region is in its cache.
 """
 
 from __future__ import annotations
